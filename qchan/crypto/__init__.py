@@ -1,0 +1,1 @@
+"""Sans-IO Noise handshake, transport cipher and key files."""
