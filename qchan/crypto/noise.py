@@ -106,7 +106,7 @@ def generate_private_key() -> bytes:
 
 def public_key(private: bytes) -> bytes:
     """The X25519 public key of ``private``. Raises ``ValueError`` unless it is 32 bytes."""
-    return crypto_scalarmult_base(_check_key("a private key", private))  # type: ignore[no-any-return]
+    return crypto_scalarmult_base(_check_key("a private key", private))
 
 
 def dh(private: bytes, public: bytes) -> bytes:
@@ -116,7 +116,7 @@ def dh(private: bytes, public: bytes) -> bytes:
     would be all zeros, so the peer could know the shared secret without our key).
     """
     try:
-        return crypto_scalarmult(private, public)  # type: ignore[no-any-return]
+        return crypto_scalarmult(private, public)
     except CryptoError as exc:  # libsodium refuses an all-zero result
         raise AuthenticationError("the peer's public key is a low-order point") from exc
 
@@ -525,7 +525,9 @@ class HandshakeState:
         mine, theirs = (token[0], token[1]) if self._initiator else (token[1], token[0])
         local = self._e if mine == "e" else self._s
         remote = self._re if theirs == "e" else self._rs
-        assert local is not None and remote is not None  # guaranteed by the pattern checks
+        # Both exist: __init__ checked the pre-messages, and the pattern orders the tokens.
+        assert local is not None
+        assert remote is not None
         self._sym.mix_key(dh(local, remote))
 
     def write_message(self, payload: bytes) -> bytes:

@@ -1,0 +1,44 @@
+"""qchan: Go channels across machines, for Python.
+
+Channels with Go semantics (rendezvous, buffers, close with drain, ``select``), locally and,
+through :class:`Node`, across an encrypted cluster of peer nodes. See README.md and docs/.
+"""
+
+from qchan._channel import Channel, ChannelStatistics, ReceiveChannel, SendChannel
+from qchan._errors import (
+    AuthenticationError,
+    ChannelClosed,
+    DeliveryUncertain,
+    MessageTooLarge,
+    NotFound,
+    PeerLost,
+    PermissionDenied,
+    ProtocolError,
+    QchanError,
+    WouldBlock,
+)
+from qchan._select import RecvCase, SendCase, recv, select, send
+from qchan._version import __version__
+
+__all__ = [
+    "AuthenticationError",
+    "Channel",
+    "ChannelClosed",
+    "ChannelStatistics",
+    "DeliveryUncertain",
+    "MessageTooLarge",
+    "NotFound",
+    "PeerLost",
+    "PermissionDenied",
+    "ProtocolError",
+    "QchanError",
+    "ReceiveChannel",
+    "RecvCase",
+    "SendCase",
+    "SendChannel",
+    "WouldBlock",
+    "__version__",
+    "recv",
+    "select",
+    "send",
+]

@@ -1,0 +1,190 @@
+"""One blocked call (a send, a receive, or a whole select) and how its task sleeps and wakes.
+
+Theory of operation
+-------------------
+A call that cannot finish at once becomes an :class:`Operation` and leaves one :class:`Waiter`
+per case in the queue of each channel involved (a plain ``send`` or ``receive`` is a select
+with one case). Whoever can serve a waiter later (another task, or a message from a peer)
+tries to finish the operation through it. The operation moves through::
+
+    PENDING ──claim(i)──> CLAIMED(i) ──finish──> DONE
+       │  └──────────────finish(i)──────────────> DONE
+       └──withdraw()──> WITHDRAWN           (the task was cancelled before any case happened)
+
+``CLAIMED`` exists for handoffs that take a round trip: once a case is claimed the other cases
+are withdrawn and cannot happen any more, but the task keeps sleeping until the claimed case
+has finished (a remote receiver confirmed the take, say). Cancellation only withdraws a
+``PENDING`` operation: once a case is claimed or done, the call completes normally and the
+cancellation is delivered at the task's next checkpoint (anyio and trio cancel scopes are
+level-triggered), so a cancelled call never loses or duplicates a value.
+
+The wait itself is backend-specific because it is the hot path: an asyncio future, or trio's
+``wait_task_rescheduled``; both cost far less than an ``anyio.Event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+import sniffio
+
+__all__ = ["CLAIMED", "DONE", "PENDING", "WITHDRAWN", "Operation", "Waiter", "checkpoint"]
+
+PENDING: Final = 0
+CLAIMED: Final = 1
+DONE: Final = 2
+WITHDRAWN: Final = 3
+
+
+class Waiter:
+    """One case of an operation, queued somewhere until it is served or withdrawn.
+
+    Subclasses say how to leave the queue: a local waiter removes itself from a channel's
+    deque, a remote one tells the channel's home node.
+    """
+
+    __slots__ = ("index", "op")
+
+    def __init__(self, op: Operation, index: int) -> None:
+        self.op = op
+        self.index = index
+
+    def withdraw(self) -> None:
+        """Leave the queue; the case will not happen. Must not fail if already gone."""
+        raise NotImplementedError
+
+
+class Operation:
+    """A blocked call: at most one of its cases happens, exactly once."""
+
+    __slots__ = ("_wake", "error", "index", "ok", "state", "value", "waiters")
+
+    def __init__(self) -> None:
+        self.state: int = PENDING
+        self.index = -1
+        self.value: Any = None
+        self.ok = True
+        self.error: BaseException | None = None
+        self.waiters: list[Waiter] = []
+        self._wake: Callable[[], object] | None = None
+
+    def claim(self, index: int) -> bool:
+        """Bind the operation to case ``index`` and withdraw every other case.
+
+        Returns True if the operation is now bound to ``index`` (also when it already was),
+        False if another case won or the operation was withdrawn.
+        """
+        if self.state == PENDING:
+            self.state = CLAIMED
+            self.index = index
+            self._withdraw_all_but(index)
+            return True
+        return self.state == CLAIMED and self.index == index
+
+    def finish(
+        self, index: int, value: Any = None, ok: bool = True, error: BaseException | None = None
+    ) -> bool:
+        """Complete the operation through case ``index`` and wake its task.
+
+        Returns False (and does nothing) if another case won or the operation was withdrawn.
+        ``error``, when given, is raised by the woken call instead of returning.
+        """
+        if self.state == PENDING:
+            self._withdraw_all_but(index)
+        elif self.state != CLAIMED or self.index != index:
+            return False
+        self.state = DONE
+        self.index = index
+        self.value = value
+        self.ok = ok
+        self.error = error
+        if self._wake is not None:
+            self._wake()
+        return True
+
+    def withdraw(self) -> bool:
+        """Cancel a pending operation: True if it was pending and now no case can happen."""
+        if self.state != PENDING:
+            return False
+        self.state = WITHDRAWN
+        self._withdraw_all_but(-1)
+        return True
+
+    def _withdraw_all_but(self, index: int) -> None:
+        waiters = self.waiters
+        if len(waiters) == 1 and waiters[0].index == index:
+            return  # the common single-case call: nothing else to withdraw
+        for waiter in waiters:
+            if waiter.index != index:
+                waiter.withdraw()
+
+    def result(self) -> tuple[int, Any, bool]:
+        """The finished case as ``(index, value, ok)``; raises the case's error if it had one."""
+        if self.error is not None:
+            error, self.error = self.error, None  # drop the traceback's reference cycle
+            raise error
+        return self.index, self.value, self.ok
+
+    async def wait(self) -> None:
+        """Sleep until the operation is done (see the module docstring for cancellation)."""
+        if self.state == DONE:
+            return
+        if sniffio.current_async_library() == "trio":
+            await _wait_trio(self)
+        else:
+            await _wait_asyncio(self)
+
+
+async def _wait_asyncio(op: Operation) -> None:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    op._wake = wake
+    try:
+        await future
+        return
+    except asyncio.CancelledError:
+        if op.withdraw():
+            raise
+    # A case was claimed or done before the cancellation reached us: see it through. The
+    # cancel scope stays cancelled, so the caller's next checkpoint raises.
+    while op.state != DONE:
+        future = loop.create_future()
+        op._wake = wake
+        with anyio.CancelScope(shield=True):
+            try:
+                await future
+            except asyncio.CancelledError:
+                continue  # a bare task.cancel(): still finish what was started
+
+
+async def _wait_trio(op: Operation) -> None:
+    import trio
+
+    task = trio.lowlevel.current_task()
+    op._wake = lambda: trio.lowlevel.reschedule(task)
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        # Runs synchronously when a cancel arrives: withdrawal and the decision are atomic.
+        if op.withdraw():
+            return trio.lowlevel.Abort.SUCCEEDED
+        return trio.lowlevel.Abort.FAILED  # claimed: finish() will reschedule us
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+async def checkpoint() -> None:
+    """Let other tasks run and deliver a pending cancellation, as every blocking call should."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        await trio.lowlevel.checkpoint()
+    else:
+        await asyncio.sleep(0)
