@@ -189,43 +189,38 @@ class NoiseHandshake:
             raise AuthenticationError("handshake failed: it already failed before")
         if self._state.finished or self._state.our_turn:
             raise RuntimeError("no handshake message is expected now")
-        try:
-            return self._receive(message)
-        except AuthenticationError:
-            self._failed = True
-            raise
-
-    def _receive(self, message: Buffer) -> bytes | None:
         number = self._state.message_index + 1
+        try:
+            return self._receive(number, message)
+        except AuthenticationError as exc:
+            self._failed = True
+            raise AuthenticationError(f"handshake failed at message {number}: {exc}") from exc
+
+    def _receive(self, number: int, message: Buffer) -> bytes | None:
         if len(message) > MAX_MESSAGE_LEN:
             raise AuthenticationError(
-                f"handshake failed: message {number} is {len(message)} bytes, "
-                f"more than a Noise message's {MAX_MESSAGE_LEN}"
+                f"{len(message)} bytes, more than a Noise message's {MAX_MESSAGE_LEN}"
             )
         if number == 1 and len(message) != _MESSAGE_1_LEN:
             raise AuthenticationError(
-                f"handshake failed: message 1 is {len(message)} bytes, "
-                f"exactly {_MESSAGE_1_LEN} expected (qchan/1 sends an empty payload)"
+                f"{len(message)} bytes, exactly {_MESSAGE_1_LEN} expected "
+                "(qchan/1 sends an empty payload)"
             )
         try:
             payload = self._state.read_message(message)
-        except AuthenticationError as exc:
-            if number == 1:  # its length is right, so only its tag can have failed
-                reason = "the peer does not hold the cluster key (or message 1 was corrupted)"
-            else:
-                reason = f"message {number}: {exc}"
-            raise AuthenticationError(f"handshake failed: {reason}") from exc
+        except AuthenticationError:
+            if number != 1:
+                raise
+            # Its length is right and it holds no DH, so only its tag can have failed.
+            raise AuthenticationError(
+                "the peer does not hold the cluster key (or the message was corrupted)"
+            ) from None
         if self._state.remote_static is not None:
             self._check_remote_key(self._state.remote_static)
-        reply = None
-        if not self._state.finished:
-            # Message 2 for a responder, 3 for an initiator: our payload. Only reached once
-            # the peer's key (if it sent it) has passed, so a dialler never reveals its
-            # identity to the wrong listener.
-            try:
-                reply = self._state.write_message(self._payload)
-            except AuthenticationError as exc:
-                raise AuthenticationError(f"handshake failed: {exc}") from exc
+        # Message 2 for a responder, 3 for an initiator, carrying our payload. Made only once
+        # the peer's key (if it sent it) has passed, so a dialler never reveals its identity
+        # to the wrong listener. A low-order key in the peer's message fails here.
+        reply = None if self._state.finished else self._state.write_message(self._payload)
         if number > 1:
             self._remote_payload = payload
         return reply
@@ -233,10 +228,7 @@ class NoiseHandshake:
     def _check_remote_key(self, key: bytes) -> None:
         if self._expected is not None and key != self._expected:
             raise AuthenticationError(
-                f"handshake failed: peer key {fingerprint(key)} is not the expected key "
-                f"{fingerprint(self._expected)}"
+                f"peer key {fingerprint(key)} is not the expected key {fingerprint(self._expected)}"
             )
         if self._trusted is not None and key not in self._trusted:
-            raise AuthenticationError(
-                f"handshake failed: peer key {fingerprint(key)} is not trusted"
-            )
+            raise AuthenticationError(f"peer key {fingerprint(key)} is not trusted")

@@ -255,7 +255,9 @@ class SymmetricState:
         try:
             plaintext = self.cipher.decrypt_with_ad(self.h, ciphertext)
         except ProtocolError as exc:
-            raise AuthenticationError(f"handshake {exc}") from exc
+            raise AuthenticationError(
+                "message failed authentication (wrong keys, or corrupted or forged)"
+            ) from exc
         self.mix_hash(ciphertext)
         return plaintext
 
@@ -572,8 +574,7 @@ class HandshakeState:
         needed = self._pattern.overheads[self._index]
         if len(data) < needed:
             raise AuthenticationError(
-                f"handshake message {self._index + 1} is {len(data)} bytes, "
-                f"at least {needed} expected"
+                f"message too short: {len(data)} bytes, at least {needed} expected"
             )
         sym = self._sym
         offset = 0
