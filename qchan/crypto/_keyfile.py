@@ -93,23 +93,34 @@ def read_key_file(path: str | os.PathLike[str], kind: str, size: int) -> bytes:
     """
     path = os.fspath(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO planted at the path must not hang us (no effect on regular files).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         command = KINDS[kind].format(path=path)
         raise FileNotFoundError(f"no {kind} file at {path} (make one with `{command}`)") from None
-    with os.fdopen(fd, "rb") as file:
+    try:
         # Checked on the open file, not the path: nothing can swap the file in between.
-        status = os.fstat(file.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise ValueError(f"{path} is not a regular file, so not a {kind} file")
-        mode = stat.S_IMODE(status.st_mode)
-        if mode & 0o077:
-            raise PermissionError(
-                f"{path} is accessible to its group or to others (mode {mode:04o}); "
-                f"a {kind} is a secret: run `chmod 600 {path}` and check who has read it"
-            )
-        content = file.read(_MAX_FILE_SIZE + 1)
+        _check_status(path, kind, os.fstat(fd))
+        content = b""
+        while len(content) <= _MAX_FILE_SIZE:
+            chunk = os.read(fd, _MAX_FILE_SIZE + 1 - len(content))
+            if not chunk:
+                break
+            content += chunk
+    finally:
+        os.close(fd)
     return _parse(path, content, kind, size)
+
+
+def _check_status(path: str, kind: str, status: os.stat_result) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError(f"{path} is not a regular file, so not a {kind} file")
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077:
+        raise PermissionError(
+            f"{path} is accessible to its group or to others (mode {mode:04o}); "
+            f"a {kind} is a secret: run `chmod 600 {path}` and check who has read it"
+        )
 
 
 def _parse(path: str, content: bytes, kind: str, size: int) -> bytes:

@@ -98,3 +98,18 @@ def flip(message: bytes, bit: int) -> bytes:
     data = bytearray(message)
     data[bit // 8] ^= 1 << (bit % 8)
     return bytes(data)
+
+
+def receiver_of(number: int) -> tuple[NoiseHandshake, bytes]:
+    """A fresh handshake about to receive message ``number`` (1-3), and the genuine message."""
+    pair = make_pair()
+    message1 = pair.initiator.start()
+    if number == 1:
+        return pair.responder, message1
+    message2 = pair.responder.receive(message1)
+    assert message2 is not None
+    if number == 2:
+        return pair.initiator, message2
+    message3 = pair.initiator.receive(message2)
+    assert message3 is not None
+    return pair.responder, message3

@@ -6,8 +6,6 @@ transport), nothing produced to send, and the handshake left failed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from qchan import AuthenticationError, MessageTooLarge, ProtocolError
@@ -25,10 +23,10 @@ from tests.crypto._helpers import (
     LOW_ORDER_POINTS,
     RESPONDER_KEY,
     STRANGER_KEY,
-    Pair,
     complete,
     flip,
     make_pair,
+    receiver_of,
 )
 
 
@@ -90,53 +88,32 @@ def test_dialler_refuses_an_unexpected_listener_before_revealing_itself() -> Non
 # -- tampering with handshake messages -----------------------------------------------------------
 
 
-def _receiver_of(number: int) -> Callable[[], tuple[NoiseHandshake, bytes]]:
-    """A fresh receiver of message ``number``, brought to the point of receiving it."""
-
-    def prepare() -> tuple[NoiseHandshake, bytes]:
-        pair: Pair = make_pair()
-        message1 = pair.initiator.start()
-        if number == 1:
-            return pair.responder, message1
-        message2 = pair.responder.receive(message1)
-        assert message2 is not None
-        if number == 2:
-            return pair.initiator, message2
-        message3 = pair.initiator.receive(message2)
-        assert message3 is not None
-        return pair.responder, message3
-
-    return prepare
-
-
 @pytest.mark.parametrize("number", [1, 2, 3])
 def test_a_bit_flip_anywhere_in_a_handshake_message_is_refused(number: int) -> None:
-    prepare = _receiver_of(number)
-    _, original = prepare()
+    _, original = receiver_of(number)
     # Every byte, a different bit of each; plus every bit of the first and last bytes.
     bits = {8 * i + i % 8 for i in range(len(original))}
     bits |= set(range(8)) | set(range(8 * len(original) - 8, 8 * len(original)))
     for bit in sorted(bits):
-        receiver, _ = prepare()
+        receiver, _ = receiver_of(number)
         assert_refused(receiver, flip(original, bit), f"at message {number}")
 
 
 @pytest.mark.parametrize("number", [1, 2, 3])
 def test_truncated_or_extended_handshake_messages_are_refused(number: int) -> None:
-    prepare = _receiver_of(number)
-    _, original = prepare()
+    _, original = receiver_of(number)
     # Every length 0..15 (shorter than a tag), every shorter length, and some longer ones.
     for length in range(len(original)):
-        receiver, _ = prepare()
+        receiver, _ = receiver_of(number)
         assert_refused(receiver, original[:length], f"at message {number}")
     for extra in (b"\x00", b"x" * 16):
-        receiver, _ = prepare()
+        receiver, _ = receiver_of(number)
         assert_refused(receiver, original + extra, f"at message {number}")
 
 
 @pytest.mark.parametrize("number", [1, 2, 3])
 def test_oversized_handshake_messages_are_refused(number: int) -> None:
-    receiver, original = _receiver_of(number)()
+    receiver, original = receiver_of(number)
     assert_refused(receiver, original + bytes(65536 - len(original)), "more than a Noise")
 
 
