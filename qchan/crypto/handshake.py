@@ -35,6 +35,7 @@ from qchan.crypto.noise import (
     MAX_MESSAGE_LEN,
     Buffer,
     HandshakeState,
+    KeyPair,
     pattern_from_name,
 )
 
@@ -106,9 +107,9 @@ class NoiseHandshake:
             _PATTERN,
             initiator=initiator,
             prologue=PROLOGUE,
-            static=static_key.private_bytes(),
+            static=static_key.key_pair,
             psks=(bytes(cluster_key),),
-            ephemeral=_ephemeral,
+            ephemeral=None if _ephemeral is None else KeyPair.from_private(_ephemeral),
         )
         self._failed = False
         self._remote_payload: bytes | None = None

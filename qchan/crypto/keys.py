@@ -12,7 +12,7 @@ import os
 from typing import Final, final
 
 from qchan.crypto._keyfile import read_key_file, write_key_file
-from qchan.crypto.noise import DHLEN, Buffer, generate_private_key, public_key
+from qchan.crypto.noise import DHLEN, Buffer, KeyPair
 
 __all__ = ["ClusterKey", "NodeKey", "fingerprint"]
 
@@ -50,17 +50,16 @@ class NodeKey:
     keys are equal; hashable.
     """
 
-    __slots__ = ("_private", "_public")
+    __slots__ = ("_pair",)
 
     def __init__(self, private: Buffer) -> None:
         """Wrap 32 raw private key bytes. Raises ``ValueError`` for any other length."""
-        self._private = _key_bytes("a node's private key", private)
-        self._public = public_key(self._private)
+        self._pair = KeyPair.from_private(_key_bytes("a node's private key", private))
 
     @classmethod
     def generate(cls) -> NodeKey:
         """A new random node key."""
-        return cls(generate_private_key())
+        return cls(os.urandom(KEY_SIZE))
 
     @classmethod
     def from_bytes(cls, private: Buffer) -> NodeKey:
@@ -83,21 +82,26 @@ class NodeKey:
         Raises ``FileExistsError`` if ``path`` exists unless ``overwrite`` is true (losing a
         node key loses the node's identity), ``OSError`` if it cannot be written.
         """
-        write_key_file(path, "node key", self._private, overwrite=overwrite)
+        write_key_file(path, "node key", self._pair.private, overwrite=overwrite)
 
     @property
     def public(self) -> bytes:
         """The 32-byte X25519 public key: the node's identity in the cluster."""
-        return self._public
+        return self._pair.public
 
     @property
     def fingerprint(self) -> str:
         """:func:`fingerprint` of :attr:`public`."""
-        return fingerprint(self._public)
+        return fingerprint(self._pair.public)
 
     def private_bytes(self) -> bytes:
         """The 32 raw private key bytes: a secret, for the handshake only."""
-        return self._private
+        return self._pair.private
+
+    @property
+    def key_pair(self) -> KeyPair:
+        """The X25519 key pair, as the Noise engine takes it."""
+        return self._pair
 
     def __repr__(self) -> str:
         return f"NodeKey(fingerprint={self.fingerprint!r})"
@@ -105,10 +109,10 @@ class NodeKey:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NodeKey):
             return NotImplemented
-        return hmac.compare_digest(self._private, other._private)
+        return hmac.compare_digest(self._pair.private, other._pair.private)
 
     def __hash__(self) -> int:
-        return hash(self._public)
+        return hash(self._pair.public)
 
 
 @final

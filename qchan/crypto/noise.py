@@ -35,7 +35,7 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final, TypeAlias, final
 
@@ -59,9 +59,9 @@ __all__ = [
     "CipherState",
     "HandshakePattern",
     "HandshakeState",
+    "KeyPair",
     "SymmetricState",
     "dh",
-    "generate_private_key",
     "pattern_from_name",
     "public_key",
 ]
@@ -99,14 +99,36 @@ def _check_key(name: str, key: bytes) -> bytes:
 # -- the crypto functions of the suite (section 12) ---------------------------------------------
 
 
-def generate_private_key() -> bytes:
-    """A fresh X25519 private key from the operating system's CSPRNG."""
-    return os.urandom(DHLEN)
-
-
 def public_key(private: bytes) -> bytes:
     """The X25519 public key of ``private``. Raises ``ValueError`` unless it is 32 bytes."""
     return crypto_scalarmult_base(_check_key("a private key", private))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPair:
+    """An X25519 key pair; ``repr()`` hides ``private``.
+
+    Build it with :meth:`generate` or :meth:`from_private`. The constructor checks sizes but
+    trusts that ``public`` belongs to ``private``: it saves a scalar multiplication where the
+    public key is already known (a :class:`~qchan.crypto.NodeKey` keeps its pair).
+    """
+
+    private: bytes = field(repr=False)
+    public: bytes
+
+    def __post_init__(self) -> None:
+        _check_key("a private key", self.private)
+        _check_key("a public key", self.public)
+
+    @classmethod
+    def from_private(cls, private: bytes) -> KeyPair:
+        """Raises ``ValueError`` unless ``private`` is 32 bytes."""
+        return cls(private, public_key(private))
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        """A fresh key pair from the operating system's CSPRNG."""
+        return cls.from_private(os.urandom(DHLEN))
 
 
 def dh(private: bytes, public: bytes) -> bytes:
@@ -405,14 +427,13 @@ def pattern_from_name(protocol_name: str) -> HandshakePattern:
 class HandshakeState:
     """One side of a Noise handshake: write and read its messages in turn, then split.
 
-    Keys are raw 32-byte X25519 keys: ``static`` and ``ephemeral`` are our private keys,
-    ``remote_static`` the peer's public key when a pre-message makes it known in advance.
-    ``ephemeral`` is for test vectors only: left ``None``, a fresh one is drawn when needed.
+    ``static`` and ``ephemeral`` are our key pairs, ``remote_static`` the peer's 32-byte public
+    key when a pre-message makes it known in advance. ``ephemeral`` is for test vectors only:
+    left ``None``, a fresh one is drawn when the pattern needs it.
     """
 
     __slots__ = (
         "_e",
-        "_e_pub",
         "_index",
         "_initiator",
         "_pattern",
@@ -421,7 +442,6 @@ class HandshakeState:
         "_re",
         "_rs",
         "_s",
-        "_s_pub",
         "_sym",
         "_transport",
     )
@@ -432,18 +452,16 @@ class HandshakeState:
         *,
         initiator: bool,
         prologue: bytes = b"",
-        static: bytes | None = None,
+        static: KeyPair | None = None,
         remote_static: bytes | None = None,
         psks: Sequence[bytes] = (),
-        ephemeral: bytes | None = None,
+        ephemeral: KeyPair | None = None,
     ) -> None:
         """Raises ``ValueError`` if a key the pattern needs is missing or has the wrong size."""
         self._pattern = pattern
         self._initiator = initiator
-        self._s = None if static is None else _check_key("the static key", static)
-        self._s_pub = None if static is None else public_key(static)
-        self._e = None if ephemeral is None else _check_key("the ephemeral key", ephemeral)
-        self._e_pub = None if ephemeral is None else public_key(ephemeral)
+        self._s = static
+        self._e = ephemeral
         self._rs = None if remote_static is None else _check_key("the remote key", remote_static)
         self._re: bytes | None = None
         self._psks = [_check_key("a psk", psk) for psk in reversed(psks)]  # popped in order
@@ -464,7 +482,7 @@ class HandshakeState:
 
     def _pre_message_keys(self) -> list[bytes]:
         # Only "s" can appear in the supported pre-messages; initiator's keys come first.
-        ours, theirs = self._s_pub, self._rs
+        ours, theirs = (None if self._s is None else self._s.public), self._rs
         initiator_key, responder_key = (ours, theirs) if self._initiator else (theirs, ours)
         keys = [initiator_key for _ in self._pattern.initiator_pre]
         keys += [responder_key for _ in self._pattern.responder_pre]
@@ -530,7 +548,7 @@ class HandshakeState:
         # Both exist: __init__ checked the pre-messages, and the pattern orders the tokens.
         assert local is not None
         assert remote is not None
-        self._sym.mix_key(dh(local, remote))
+        self._sym.mix_key(dh(local.private, remote))
 
     def write_message(self, payload: bytes) -> bytes:
         """Our next handshake message, carrying ``payload`` (encrypted once a key is set).
@@ -544,16 +562,14 @@ class HandshakeState:
         for token in tokens:
             if token == "e":
                 if self._e is None:
-                    self._e = generate_private_key()
-                    self._e_pub = public_key(self._e)
-                assert self._e_pub is not None
-                parts.append(self._e_pub)
-                sym.mix_hash(self._e_pub)
+                    self._e = KeyPair.generate()
+                parts.append(self._e.public)
+                sym.mix_hash(self._e.public)
                 if self._psk_mode:
-                    sym.mix_key(self._e_pub)
+                    sym.mix_key(self._e.public)
             elif token == "s":
-                assert self._s_pub is not None
-                parts.append(sym.encrypt_and_hash(self._s_pub))
+                assert self._s is not None  # checked in __init__
+                parts.append(sym.encrypt_and_hash(self._s.public))
             elif token == "psk":
                 sym.mix_key_and_hash(self._psks.pop())
             else:

@@ -12,6 +12,7 @@ from qchan.crypto.noise import (
     MAX_NONCE,
     CipherState,
     HandshakeState,
+    KeyPair,
     dh,
     pattern_from_name,
     public_key,
@@ -19,6 +20,7 @@ from qchan.crypto.noise import (
 from tests.crypto._helpers import LOW_ORDER_POINTS
 
 KEY = bytes(range(32))
+PAIR = KeyPair.from_private(KEY)
 
 
 # -- patterns ------------------------------------------------------------------------------------
@@ -164,18 +166,32 @@ def test_missing_keys_and_psks_are_refused() -> None:
     with pytest.raises(ValueError, match="needs our static key"):
         HandshakeState(XXPSK0, initiator=True, psks=[KEY])
     with pytest.raises(ValueError, match="needs 1 psks"):
-        HandshakeState(XXPSK0, initiator=True, static=KEY)
+        HandshakeState(XXPSK0, initiator=True, static=PAIR)
     with pytest.raises(ValueError, match="needs the remote static key"):
         HandshakeState(NK, initiator=True)
     with pytest.raises(ValueError, match="32 bytes"):
-        HandshakeState(XXPSK0, initiator=True, static=KEY[:31], psks=[KEY])
+        HandshakeState(XXPSK0, initiator=True, static=PAIR, psks=[KEY + b"x"])
     with pytest.raises(ValueError, match="32 bytes"):
-        HandshakeState(XXPSK0, initiator=True, static=KEY, psks=[KEY + b"x"])
+        HandshakeState(NK, initiator=True, remote_static=KEY[:31])
+
+
+@pytest.mark.parametrize(
+    ("private", "public"), [(KEY[:31], PAIR.public), (KEY, PAIR.public + b"x"), (b"", b"")]
+)
+def test_key_pair_sizes(private: bytes, public: bytes) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        KeyPair(private, public)
+
+
+def test_key_pair_repr_hides_the_private_key() -> None:
+    assert KEY.hex()[:8] not in repr(PAIR)
+    assert "private" not in repr(PAIR)
+    assert KeyPair.generate() != KeyPair.generate()
 
 
 def test_out_of_turn_calls_are_refused() -> None:
     initiator = HandshakeState(NK, initiator=True, remote_static=public_key(KEY))
-    responder = HandshakeState(NK, initiator=False, static=KEY)
+    responder = HandshakeState(NK, initiator=False, static=PAIR)
     with pytest.raises(RuntimeError, match="not our turn"):
         initiator.read_message(b"")
     with pytest.raises(RuntimeError, match="not our turn"):
@@ -193,6 +209,6 @@ def test_out_of_turn_calls_are_refused() -> None:
 
 
 def test_short_handshake_message_names_the_lengths() -> None:
-    responder = HandshakeState(XXPSK0, initiator=False, static=KEY, psks=[KEY])
+    responder = HandshakeState(XXPSK0, initiator=False, static=PAIR, psks=[KEY])
     with pytest.raises(AuthenticationError, match="too short: 47 bytes, at least 48 expected"):
         responder.read_message(bytes(47))

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import pytest
 
-from qchan.crypto.noise import CipherState, HandshakeState, pattern_from_name
+from qchan.crypto.noise import CipherState, HandshakeState, KeyPair, pattern_from_name
 
 VECTOR_DIR: Final = Path(__file__).parents[2].parent / "shared" / "noise-vectors"
 EXPECTED: Final = {
@@ -64,15 +64,20 @@ def _key(vector: dict[str, Any], field: str) -> bytes | None:
     return bytes.fromhex(vector[field]) if field in vector else None
 
 
+def _pair(vector: dict[str, Any], field: str) -> KeyPair | None:
+    private = _key(vector, field)
+    return None if private is None else KeyPair.from_private(private)
+
+
 def _side(vector: dict[str, Any], prefix: str, *, initiator: bool) -> HandshakeState:
     return HandshakeState(
         pattern_from_name(_protocol_name(vector)),
         initiator=initiator,
         prologue=bytes.fromhex(vector[f"{prefix}_prologue"]),
-        static=_key(vector, f"{prefix}_static"),
+        static=_pair(vector, f"{prefix}_static"),
         remote_static=_key(vector, f"{prefix}_remote_static"),
         psks=[bytes.fromhex(psk) for psk in vector.get(f"{prefix}_psks", [])],
-        ephemeral=_key(vector, f"{prefix}_ephemeral"),
+        ephemeral=_pair(vector, f"{prefix}_ephemeral"),
     )
 
 
