@@ -51,7 +51,8 @@ MAX_PAYLOAD_LEN: Final = MAX_MESSAGE_LEN - max(_PATTERN.overheads)
 
 
 def _public_keys(what: str, keys: Collection[bytes]) -> frozenset[bytes]:
-    result = frozenset(bytes(key) for key in keys)
+    # memoryview() takes any bytes-like key and refuses ints (bytes(32) would be 32 zeros).
+    result = frozenset(bytes(memoryview(key)) for key in keys)
     if any(len(key) != DHLEN for key in result):
         raise ValueError(f"{what} must be {DHLEN}-byte public keys")
     return result
@@ -65,7 +66,8 @@ class NoiseHandshake:
     what we send in our message (2 for a responder, 3 for an initiator). ``trusted``, if not
     ``None``, is the set of public keys we accept from the peer (an empty set accepts nobody).
     ``expected_remote_key`` is the one key a dialler accepts from the listener it meant to
-    reach. ``_ephemeral`` fixes our ephemeral private key: for tests only.
+    reach (checked at message 2; a responder given one checks it at message 3).
+    ``_ephemeral`` fixes our ephemeral private key: for tests only.
 
     Raises ``ValueError`` (:class:`~qchan.MessageTooLarge` for a payload over
     :data:`MAX_PAYLOAD_LEN`) if an argument is unusable.
@@ -220,7 +222,7 @@ class NoiseHandshake:
             self._check_remote_key(self._state.remote_static)
         # Message 2 for a responder, 3 for an initiator, carrying our payload. Made only once
         # the peer's key (if it sent it) has passed, so a dialler never reveals its identity
-        # to the wrong listener. A low-order key in the peer's message fails here.
+        # to the wrong listener. A low-order ephemeral key in message 1 fails here, at "ee".
         reply = None if self._state.finished else self._state.write_message(self._payload)
         if number > 1:
             self._remote_payload = payload

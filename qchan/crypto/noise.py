@@ -104,7 +104,7 @@ def public_key(private: bytes) -> bytes:
     return crypto_scalarmult_base(_check_key("a private key", private))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # no == on secrets: it is not constant-time
 class KeyPair:
     """An X25519 key pair; ``repr()`` hides ``private``.
 
@@ -137,6 +137,7 @@ def dh(private: bytes, public: bytes) -> bytes:
     Raises :class:`~qchan.AuthenticationError` if ``public`` is a low-order point (the result
     would be all zeros, so the peer could know the shared secret without our key).
     """
+    _check_key("a public key", public)  # PyNaCl would read past the end of a short one
     try:
         return crypto_scalarmult(private, public)
     except CryptoError as exc:  # libsodium refuses an all-zero result
@@ -336,7 +337,6 @@ _BASE_PATTERNS: Final[dict[str, str]] = {
     "IX1": "-> e, s | <- e, ee, se, s | -> es",
     "I1X1": "-> e, s | <- e, ee, s | -> se, es",
 }
-_DH_TOKENS: Final = frozenset({"ee", "es", "se", "ss"})
 _NAME: Final = re.compile(r"Noise_([A-Z0-9]+)((?:psk\d)(?:\+psk\d)*)?_(.+)")
 
 
@@ -412,7 +412,7 @@ def pattern_from_name(protocol_name: str) -> HandshakePattern:
             msgs[position - 1].append("psk")
     frozen = tuple(tuple(message) for message in msgs)
     return HandshakePattern(
-        name=match[1] + match[2] if match[2] else match[1],
+        name=match[1] + (match[2] or ""),
         initiator_pre=tuple(t for line in pre if line.startswith("->") for t in tokens(line)),
         responder_pre=tuple(t for line in pre if line.startswith("<-") for t in tokens(line)),
         messages=frozen,
@@ -433,6 +433,7 @@ class HandshakeState:
     """
 
     __slots__ = (
+        "_busy",
         "_e",
         "_index",
         "_initiator",
@@ -467,6 +468,7 @@ class HandshakeState:
         self._psks = [_check_key("a psk", psk) for psk in reversed(psks)]  # popped in order
         self._psk_mode = pattern.psk_count > 0
         self._index = 0
+        self._busy = False  # left True by a message that raised: the state is half-updated
         self._transport: tuple[CipherState, CipherState] | None = None
         if len(psks) != pattern.psk_count:
             raise ValueError(f"pattern {pattern.name} needs {pattern.psk_count} psks")
@@ -529,13 +531,17 @@ class HandshakeState:
         return (c1, c2) if self._initiator else (c2, c1)
 
     def _next_tokens(self, *, writing: bool) -> tuple[str, ...]:
+        if self._busy:
+            raise RuntimeError("an earlier message failed: this handshake must be discarded")
         if self._transport is not None:
             raise RuntimeError("the handshake has already finished")
         if self.our_turn != writing:
             raise RuntimeError(f"it is not our turn to {'write' if writing else 'read'}")
+        self._busy = True
         return self._pattern.messages[self._index]
 
     def _advance(self) -> None:
+        self._busy = False
         self._index += 1
         if self._index == len(self._pattern.messages):
             self._transport = self._sym.split()
@@ -554,7 +560,8 @@ class HandshakeState:
         """Our next handshake message, carrying ``payload`` (encrypted once a key is set).
 
         Raises :class:`~qchan.AuthenticationError` if a DH with the peer's key fails (a
-        low-order point), ``RuntimeError`` out of turn.
+        low-order point), ``RuntimeError`` out of turn. After any exception, every later call
+        raises ``RuntimeError``.
         """
         tokens = self._next_tokens(writing=True)
         sym = self._sym
@@ -583,7 +590,7 @@ class HandshakeState:
 
         Raises :class:`~qchan.AuthenticationError` if the message is too short, fails
         authentication or carries a low-order public key; ``RuntimeError`` out of turn.
-        After an exception this HandshakeState is unusable.
+        After any exception, every later call raises ``RuntimeError``.
         """
         tokens = self._next_tokens(writing=False)
         data = _as_bytes(message)

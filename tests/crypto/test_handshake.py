@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from qchan import AuthenticationError, MessageTooLarge
@@ -139,10 +141,10 @@ def test_payload_too_large_is_refused_up_front() -> None:
 
 @pytest.mark.parametrize(
     ("trusted", "expected"),
-    [([b"short"], None), (None, bytes(31)), ([bytes(32), bytes(33)], None)],
+    [([b"short"], None), (None, bytes(31)), ([bytes(32), bytes(33)], None), ([32], None)],
 )
-def test_key_arguments_are_validated(trusted: list[bytes] | None, expected: bytes | None) -> None:
-    with pytest.raises(ValueError, match="32-byte public keys"):
+def test_key_arguments_are_validated(trusted: list[Any] | None, expected: bytes | None) -> None:
+    with pytest.raises((ValueError, TypeError), match=r"32-byte public keys|bytes-like"):
         NoiseHandshake(
             initiator=True,
             static_key=INITIATOR_KEY,

@@ -212,3 +212,16 @@ def test_short_handshake_message_names_the_lengths() -> None:
     responder = HandshakeState(XXPSK0, initiator=False, static=PAIR, psks=[KEY])
     with pytest.raises(AuthenticationError, match="too short: 47 bytes, at least 48 expected"):
         responder.read_message(bytes(47))
+
+
+def test_a_failed_message_leaves_the_state_unusable() -> None:
+    responder = HandshakeState(XXPSK0, initiator=False, static=PAIR, psks=[KEY])
+    with pytest.raises(AuthenticationError, match="failed authentication"):
+        responder.read_message(bytes(48))
+    with pytest.raises(RuntimeError, match="must be discarded"):
+        responder.read_message(bytes(48))
+
+
+def test_dh_refuses_a_short_public_key() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        dh(KEY, bytes(31))
