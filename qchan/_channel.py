@@ -216,10 +216,10 @@ class ChannelState:
 def _check_capacity(capacity: object) -> float:
     if isinstance(capacity, bool) or not isinstance(capacity, int | float):
         raise TypeError(f"capacity must be an int >= 0 or math.inf, not {type(capacity).__name__}")
-    if isinstance(capacity, float) and capacity != math.inf:
-        raise TypeError(f"capacity must be an int >= 0 or math.inf, not the float {capacity!r}")
     if capacity < 0:
         raise ValueError(f"capacity must be >= 0, not {capacity}")
+    if isinstance(capacity, float) and capacity != math.inf:
+        raise TypeError(f"capacity must be an int >= 0 or math.inf, not the float {capacity!r}")
     return capacity
 
 
@@ -250,7 +250,11 @@ class _Handle:
 
     def __eq__(self, other: object) -> bool:
         # Two handles are equal when they reach the same channel with the same rights.
-        return type(other) is type(self) and other._endpoint is self._endpoint  # type: ignore[attr-defined]
+        return (
+            isinstance(other, _Handle)
+            and type(other) is type(self)
+            and other._endpoint is self._endpoint
+        )
 
     def __hash__(self) -> int:
         return hash((type(self), id(self._endpoint)))

@@ -70,10 +70,7 @@ def recv(channel: ReceiveChannel[T]) -> RecvCase[T]:
         PermissionDenied: ``channel`` is a send-only handle.
         TypeError: ``channel`` is not a qchan channel.
     """
-    if not isinstance(channel, ReceiveChannel):
-        if isinstance(channel, SendChannel):
-            raise PermissionDenied("qchan.recv() on a send-only channel handle")
-        raise TypeError(f"qchan.recv() takes a channel, not {type(channel).__name__}")
+    _check_direction(channel, ReceiveChannel, "recv")
     return RecvCase(channel)
 
 
@@ -84,11 +81,18 @@ def send(channel: SendChannel[T], value: T) -> SendCase[T]:
         PermissionDenied: ``channel`` is a receive-only handle.
         TypeError: ``channel`` is not a qchan channel.
     """
-    if not isinstance(channel, SendChannel):
-        if isinstance(channel, ReceiveChannel):
-            raise PermissionDenied("qchan.send() on a receive-only channel handle")
-        raise TypeError(f"qchan.send() takes a channel, not {type(channel).__name__}")
+    _check_direction(channel, SendChannel, "send")
     return SendCase(channel, value)
+
+
+def _check_direction(channel: object, direction: type, verb: str) -> None:
+    # Type checkers catch these statically; this is for callers without one.
+    if isinstance(channel, direction):
+        return
+    if isinstance(channel, SendChannel | ReceiveChannel):
+        other = "send-only" if verb == "recv" else "receive-only"
+        raise PermissionDenied(f"qchan.{verb}() on a {other} channel handle")
+    raise TypeError(f"qchan.{verb}() takes a channel, not {type(channel).__name__}")
 
 
 def _random_order(count: int) -> Sequence[int]:

@@ -246,7 +246,7 @@ class ChannelConformance:
 
         async def receiver() -> None:
             async for value in rx:
-                received.append(tuple(value))  # type: ignore[arg-type]
+                received.append(tuple(value))
 
         with anyio.fail_after(BOUND):
             async with anyio.create_task_group() as outer:
@@ -321,16 +321,15 @@ class ChannelConformance:
 
     async def test_select_does_exactly_one_send(self, channels: ChannelMaker) -> None:
         (atx, arx), (btx, brx) = await channels.make(0), await channels.make(0)
+        async def receive_into(got: list[Any], name: str, rx: ReceiveChannel[Any]) -> None:
+            got.append((name, await rx.receive()))
+
         for trial in range(30):
             got: list[tuple[str, Any]] = []
-
-            async def receive_into(name: str, rx: ReceiveChannel[Any]) -> None:
-                got.append((name, await rx.receive()))
-
             with anyio.fail_after(BOUND):
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(receive_into, "a", arx)
-                    tg.start_soon(receive_into, "b", brx)
+                    tg.start_soon(receive_into, got, "a", arx)
+                    tg.start_soon(receive_into, got, "b", brx)
                     await channels.settle()
                     i, value, ok = await qchan.select(
                         qchan.send(atx, trial), qchan.send(btx, trial)
@@ -360,7 +359,7 @@ class ChannelConformance:
         assert await _nobody_takes(atx), "the losing case was left queued"
 
     async def test_select_mixes_send_and_receive_cases(self, channels: ChannelMaker) -> None:
-        (jobs_tx, jobs_rx), (out_tx, out_rx) = await channels.make(0), await channels.make(0)
+        (_, jobs_rx), (out_tx, out_rx) = await channels.make(0), await channels.make(0)
 
         async def consumer() -> None:
             assert await out_rx.receive() == "result"
@@ -410,9 +409,11 @@ class ChannelConformance:
         (atx, arx), (_, brx) = await channels.make(0), await channels.make(0)
         atx.close()
         await channels.settle()
-        assert await _returns_within(
-            lambda: qchan.select(qchan.recv(arx), qchan.recv(brx))
-        ) == (0, None, False)
+        assert await _returns_within(lambda: qchan.select(qchan.recv(arx), qchan.recv(brx))) == (
+            0,
+            None,
+            False,
+        )
 
     async def test_select_sees_a_close_while_waiting(self, channels: ChannelMaker) -> None:
         (atx, arx), (_, brx) = await channels.make(2), await channels.make(0)
@@ -463,7 +464,7 @@ class ChannelConformance:
         async def receiver() -> None:
             while True:
                 with anyio.move_on_after(rng.choice([0, 0.001, 0.005])):
-                    i, value, ok = await qchan.select(qchan.recv(arx), qchan.recv(brx))
+                    _, value, ok = await qchan.select(qchan.recv(arx), qchan.recv(brx))
                     if not ok:
                         return
                     received.append(value)
