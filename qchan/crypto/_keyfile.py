@@ -41,13 +41,17 @@ def write_key_file(path: str | os.PathLike[str], kind: str, key: bytes, *, overw
     """Write ``key`` as a ``kind`` key file at ``path``, mode 0600, atomically.
 
     Raises ``FileExistsError`` if ``path`` exists and ``overwrite`` is false (so that a key,
-    an identity, is never lost by accident), and ``OSError`` for any failure to write.
+    an identity, is never lost by accident), ``FileNotFoundError`` if its directory does not
+    exist, and ``OSError`` for any other failure to write.
     """
     path = os.fspath(path)
     text = f"{_header(kind)}\n{base64.b64encode(key).decode('ascii')}\n".encode("ascii")
     directory = os.path.dirname(path) or "."
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"cannot save {path}: no directory {directory}") from None
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(text)

@@ -139,6 +139,12 @@ def test_missing_file(kind: type[NodeKey | ClusterKey], command: str, tmp_path: 
         kind.load(path)
 
 
+def test_saving_into_a_missing_directory(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "node.key"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"cannot save {path}: no directory")):
+        NodeKey.generate().save(path)
+
+
 def test_a_directory_is_not_a_key_file(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir(mode=0o700)
     with pytest.raises(ValueError, match="not a regular file"):
