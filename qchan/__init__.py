@@ -19,14 +19,17 @@ from qchan._errors import (
 )
 from qchan._select import RecvCase, SendCase, recv, select, send
 from qchan._version import __version__
+from qchan.crypto.keys import ClusterKey, NodeKey
 
 __all__ = [
     "AuthenticationError",
     "Channel",
     "ChannelClosed",
     "ChannelStatistics",
+    "ClusterKey",
     "DeliveryUncertain",
     "MessageTooLarge",
+    "NodeKey",
     "NotFound",
     "PeerLost",
     "PermissionDenied",
