@@ -264,10 +264,8 @@ class Connection:
                 self._last_heard = now
                 if self._cipher is None:
                     self._receive_handshake(message, events)
-                else:
-                    self._receive_frames(self._cipher.decrypt(message), frames, events)
-                if self.state is State.CLOSED:  # a GOAWAY ends the stream here
-                    break
+                elif self._receive_frames(self._cipher.decrypt(message), frames, events):
+                    break  # a GOAWAY ends the stream
         except (AuthenticationError, ProtocolError) as exc:
             self._terminate(exc, events, frames)
             return events
@@ -296,7 +294,8 @@ class Connection:
             self.state = State.OPEN
             events.append(HandshakeCompleted(self.remote_key, self.remote_hello))
 
-    def _receive_frames(self, plaintext: bytes, frames: list[Frame], events: list[Event]) -> None:
+    def _receive_frames(self, plaintext: bytes, frames: list[Frame], events: list[Event]) -> bool:
+        """Collect the frames of one message; True if it ended the connection (GOAWAY)."""
         for frame in self._decoder.decode(plaintext):
             kind = frame[0]
             if kind == Kind.PING:
@@ -309,9 +308,10 @@ class Connection:
                 events.append(
                     ConnectionTerminated(PeerLost(f"peer closed the connection: {frame[2]}"))
                 )
-                return
+                return True
             else:
                 frames.append(frame)
+        return False
 
     def _terminate(self, error: QchanError, events: list[Event], frames: list[Frame]) -> None:
         if frames:
@@ -392,13 +392,13 @@ class Connection:
         if self.state is State.HANDSHAKING:
             if now >= self._handshake_deadline:
                 timeout = self._config.handshake_timeout
-                error = ProtocolError(f"handshake did not complete within {timeout} s")
-                self._terminate(error, events, [])
+                late = ProtocolError(f"handshake did not complete within {timeout} s")
+                self._terminate(late, events, [])
         elif self.state is State.OPEN:
             silence = now - self._last_heard
             if silence >= self._config.peer_timeout:
-                error = PeerLost(f"no word from the peer for {silence:.1f} s")
-                self._terminate(error, events, [])
+                lost = PeerLost(f"no word from the peer for {silence:.1f} s")
+                self._terminate(lost, events, [])
             elif silence >= self._config.heartbeat_interval and self._pinged_at < self._last_heard:
                 self._ping_nonce += 1
                 self.send([Kind.PING, self._ping_nonce])

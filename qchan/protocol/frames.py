@@ -153,7 +153,7 @@ def validate(frame: object) -> Frame:
             f"{Kind(kind).name} frame has {len(frame) - 1} fields, expected {len(schema)}"
         )
     for position, (field, expected) in enumerate(zip(frame[1:], schema, strict=True), 1):
-        if type(field) is not expected or (expected is int and not 0 <= field <= _MAX_UINT):
+        if type(field) is not expected or (expected is int and not 0 <= field <= _MAX_UINT):  # type: ignore[operator]
             raise ProtocolError(
                 f"{Kind(kind).name} frame field {position} must be "
                 f"{'an unsigned int' if expected is int else expected.__name__}, got {field!r:.40}"
