@@ -177,13 +177,12 @@ class FrameDecoder:
     checked before anything is allocated for it).
     """
 
-    __slots__ = ("_consumed", "_part", "_part_total", "_unpacker", "max_frame_size")
+    __slots__ = ("_part", "_part_total", "_unpacker", "max_frame_size")
 
     def __init__(self, max_frame_size: int) -> None:
         self.max_frame_size = max_frame_size
         self._part: bytearray | None = None
         self._part_total = 0
-        self._consumed = 0
         self._unpacker = self._new_unpacker()
 
     @staticmethod
@@ -209,11 +208,13 @@ class FrameDecoder:
         error the decoder is unusable, like the connection it belongs to.
         """
         unpacker = self._unpacker
-        unpacker.feed(plaintext)
-        self._consumed += len(plaintext)
+        tell = unpacker.tell  # bytes consumed since the unpacker was made
+        start = end = tell()
         frames: list[Frame] = []
         try:
+            unpacker.feed(plaintext)
             for obj in unpacker:
+                end = tell()
                 frame = validate(obj)
                 if frame[0] == Kind.PART:
                     whole = self._add_part(frame)
@@ -227,8 +228,10 @@ class FrameDecoder:
             raise
         except Exception as exc:  # msgpack's many error types: all mean "malformed"
             raise ProtocolError(f"malformed frame: {exc}") from exc
-        # Unpacker.tell() counts the bytes consumed since it was made.
-        if unpacker.tell() != self._consumed:
+        # The message must end where its last whole frame ends. (Not tell() after the loop:
+        # that also counts the headers of a partial frame, e.g. a message ending just after
+        # an array header, which the unpacker would otherwise carry into the next message.)
+        if end - start != len(plaintext):
             raise ProtocolError("transport message ends inside a frame")
         return frames
 
