@@ -38,6 +38,7 @@ from qchan._errors import AuthenticationError, PeerLost, ProtocolError, QchanErr
 from qchan.crypto.cipher import MAX_PLAINTEXT_LEN, TransportCipher
 from qchan.crypto.handshake import NoiseHandshake
 from qchan.crypto.keys import ClusterKey, NodeKey
+from qchan.crypto.noise import DHLEN, MAX_MESSAGE_LEN, TAGLEN
 from qchan.protocol.frames import (
     PART_OVERHEAD,
     Frame,
@@ -63,6 +64,8 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 _LENGTH: Final = struct.Struct(">H")
 _MAX_NAME_LEN: Final = 255
+_MESSAGE_1_LEN: Final = DHLEN + TAGLEN
+"""Handshake message 1 is exactly this long: ``e`` and the tag of its empty payload."""
 
 
 @final
@@ -191,6 +194,7 @@ class Connection:
         "_handshake_deadline",
         "_inbox",
         "_last_heard",
+        "_max_message",
         "_outbox",
         "_pending",
         "_ping_nonce",
@@ -233,6 +237,9 @@ class Connection:
         self._outbox = bytearray()  # wire bytes ready to write
         self._pending = bytearray()  # frames not yet sealed into a transport message
         self._last_heard = now
+        # The longest message we accept next: a listener knows message 1's exact length, so
+        # a stranger's oversized length is refused before its bytes are waited for.
+        self._max_message = MAX_MESSAGE_LEN if initiator else _MESSAGE_1_LEN
         self._pinged_at = -1.0
         self._ping_nonce = 0
         if initiator:
@@ -256,6 +263,11 @@ class Connection:
         try:
             while size - offset >= 2:
                 (length,) = _LENGTH.unpack_from(inbox, offset)
+                if length > self._max_message:
+                    raise AuthenticationError(
+                        f"handshake message 1 announces {length} bytes, exactly "
+                        f"{_MESSAGE_1_LEN} expected (the peer does not speak qchan/1)"
+                    )
                 end = offset + 2 + length
                 if end > size:
                     break
@@ -284,15 +296,19 @@ class Connection:
 
     def _receive_handshake(self, message: bytes, events: list[Event]) -> None:
         handshake = self._handshake
+        self._max_message = MAX_MESSAGE_LEN
         reply = handshake.receive(message)
-        if reply is not None:
-            self._write_message(reply)
         if handshake.complete:
+            # The peer's hello is judged before our message 3 goes out: a peer refused here
+            # gets nothing more, as when its key is refused.
+            hello = Hello.decode(handshake.remote_payload)
             self._cipher = handshake.transport()
             self.remote_key = handshake.remote_static
-            self.remote_hello = Hello.decode(handshake.remote_payload)
+            self.remote_hello = hello
             self.state = State.OPEN
-            events.append(HandshakeCompleted(self.remote_key, self.remote_hello))
+            events.append(HandshakeCompleted(self.remote_key, hello))
+        if reply is not None:
+            self._write_message(reply)
 
     def _receive_frames(self, plaintext: bytes, frames: list[Frame], events: list[Event]) -> bool:
         """Collect the frames of one message; True if it ended the connection (GOAWAY)."""
