@@ -23,20 +23,23 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar, final
 
-from qchan._errors import ChannelClosed, PermissionDenied, WouldBlock
+from qchan._errors import ChannelClosed, PermissionDenied, QchanError, WouldBlock
 from qchan._operation import Operation, Waiter, checkpoint
 
 __all__ = [
+    "NOT_READY",
     "Channel",
     "ChannelState",
     "ChannelStatistics",
     "Endpoint",
     "ReceiveChannel",
+    "ReceiverWaiting",
     "SendChannel",
+    "SenderWaiting",
 ]
 
 T = TypeVar("T")
@@ -85,12 +88,60 @@ class Endpoint(Protocol):
         ...
 
 
-class _SendWaiter(Waiter):
-    __slots__ = ("queue", "value")
+class SenderWaiting(Protocol):
+    """A sender queued at a channel: a local task's case, or a remote node's send."""
 
-    def __init__(self, op: Operation, index: int, value: Any, queue: deque[_SendWaiter]) -> None:
+    value: Any
+
+    @property
+    def op(self) -> Operation | None:
+        """The local operation this is a case of (None for a remote node's send)."""
+        ...
+
+    def commit(self) -> bool | None:
+        """Bind this sender to a handoff now: True if bound, False if it is gone (withdrawn,
+        or its select did something else: drop it), None if it cannot say yet (a remote
+        select was asked and its answer will come: leave it queued)."""
+        ...
+
+    def complete(self) -> None:
+        """The value was taken, or moved into the buffer: the send is done."""
+        ...
+
+    def fail(self, error: QchanError) -> None:
+        """The send failed (the channel closed, say); its value was not delivered."""
+        ...
+
+
+class ReceiverWaiting(Protocol):
+    """A receiver queued at a channel: a local task's case, or a remote node's receive."""
+
+    synchronous: bool
+    """True if :meth:`offer` always answers at once (never ``None``)."""
+
+    @property
+    def op(self) -> Operation | None:
+        """The local operation this is a case of (None for a remote node's receive)."""
+        ...
+
+    pending: tuple[Any, SenderWaiting | None] | None
+    """What an unanswered :meth:`offer` handed over, and from whom (None: from the buffer)."""
+
+    def offer(self, value: Any) -> bool | None:
+        """Hand ``value`` over: True if taken, False if this receiver is gone, None if the
+        answer comes later (then the channel records it in :attr:`pending`)."""
+        ...
+
+    def end(self) -> None:
+        """The channel is closed and drained: the receive completes with ``ok=False``."""
+        ...
+
+
+class _LocalWaiter(Waiter):
+    __slots__ = ("queue",)
+
+    def __init__(self, op: Operation, index: int, queue: deque[Any]) -> None:
         super().__init__(op, index)
-        self.value = value
         self.queue = queue
 
     def withdraw(self) -> None:
@@ -100,18 +151,34 @@ class _SendWaiter(Waiter):
             pass  # already served or gone
 
 
-class _ReceiveWaiter(Waiter):
-    __slots__ = ("queue",)
+class _SendWaiter(_LocalWaiter):
+    __slots__ = ("value",)
 
-    def __init__(self, op: Operation, index: int, queue: deque[_ReceiveWaiter]) -> None:
-        super().__init__(op, index)
-        self.queue = queue
+    def __init__(self, op: Operation, index: int, value: Any, queue: deque[Any]) -> None:
+        super().__init__(op, index, queue)
+        self.value = value
 
-    def withdraw(self) -> None:
-        try:
-            self.queue.remove(self)
-        except ValueError:
-            pass
+    def commit(self) -> bool:
+        return self.op.claim(self.index)
+
+    def complete(self) -> None:
+        self.op.finish(self.index)
+
+    def fail(self, error: QchanError) -> None:
+        self.op.finish(self.index, error=error)
+
+
+class _ReceiveWaiter(_LocalWaiter):
+    __slots__ = ()
+
+    synchronous = True
+    pending: tuple[Any, SenderWaiting | None] | None = None
+
+    def offer(self, value: Any) -> bool:
+        return self.op.finish(self.index, value)
+
+    def end(self) -> None:
+        self.op.finish(self.index, None, False)
 
 
 def _closed_error() -> ChannelClosed:
@@ -120,16 +187,40 @@ def _closed_error() -> ChannelClosed:
 
 @final
 class ChannelState:
-    """The shared state of one local channel: its buffer and its queues of waiting tasks."""
+    """The shared state of one channel, at its home: the buffer and the queues of waiters.
 
-    __slots__ = ("_capacity", "_closed", "buffer", "receivers", "senders")
+    Local tasks and remote nodes meet here. Local waiters answer at once; a remote receiver
+    answers a handoff later (``pending``), and meanwhile the value is *in flight*: it still
+    holds its buffer slot (or its sender stays blocked) until the receiver takes it, and goes
+    back to the front if the receiver refuses it. ``reserved`` counts buffer slots promised
+    to remote senders as credits (see qchan.remote).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_capacity",
+        "_closed",
+        "buffer",
+        "export_id",
+        "in_flight",
+        "in_flight_buffered",
+        "receivers",
+        "reserved",
+        "senders",
+        "space_listener",
+    )
 
     def __init__(self, capacity: float) -> None:
         self._capacity = capacity
         self._closed = False
         self.buffer: deque[Any] = deque()
-        self.senders: deque[_SendWaiter] = deque()
-        self.receivers: deque[_ReceiveWaiter] = deque()
+        self.senders: deque[SenderWaiting] = deque()
+        self.receivers: deque[ReceiverWaiting] = deque()
+        self.in_flight = 0  # handoffs to remote receivers awaiting their answer
+        self.in_flight_buffered = 0  # ... of which values taken from the buffer
+        self.reserved = 0  # buffer slots promised to remote senders (credits)
+        self.export_id: int | None = None  # set by the node that exports this channel
+        self.space_listener: Callable[[ChannelState], None] | None = None
 
     @property
     def capacity(self) -> float:
@@ -151,16 +242,27 @@ class ChannelState:
             closed=self._closed,
         )
 
+    def free_slots(self) -> float:
+        """Buffer slots neither used, in flight nor reserved."""
+        return self._capacity - len(self.buffer) - self.in_flight_buffered - self.reserved
+
+    # --- the Endpoint interface, for local tasks ----------------------------------------
+
     def poll_send(self, value: Any) -> bool:
         if self._closed:
             raise _closed_error()
         receivers = self.receivers
         while receivers:
-            receiver = receivers.popleft()
-            if receiver.op.finish(receiver.index, value):
+            receiver = receivers[0]
+            if not receiver.synchronous:
+                break  # a remote receiver is first: the handoff takes a round trip (wait_send)
+            receivers.popleft()
+            if receiver.offer(value):
                 return True
-        if len(self.buffer) < self._capacity:
+        if self.free_slots() > 0:
             self.buffer.append(value)
+            if receivers:
+                self.match()
             return True
         return False
 
@@ -168,49 +270,194 @@ class ChannelState:
         buffer = self.buffer
         if buffer:
             value = buffer.popleft()
-            if self.senders:
-                self._refill_buffer()
+            self._slot_freed()
             return True, value, True
-        senders = self.senders
-        while senders:
-            sender = senders.popleft()
-            if sender.op.finish(sender.index):
+        if self.senders:
+            sender = self._pop_sender()
+            if sender is not None:
+                sender.complete()
                 return True, sender.value, True
-        if self._closed:
+        if self._closed and self._drained():
             return True, None, False
         return NOT_READY
 
     def wait_send(self, op: Operation, index: int, value: Any) -> None:
         waiter = _SendWaiter(op, index, value, self.senders)
         op.waiters.append(waiter)
-        self.senders.append(waiter)
+        self.add_sender(waiter)
 
     def wait_receive(self, op: Operation, index: int) -> None:
         waiter = _ReceiveWaiter(op, index, self.receivers)
         op.waiters.append(waiter)
-        self.receivers.append(waiter)
+        self.add_receiver(waiter)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        # Go: blocked receivers see "closed" (the buffer is empty, or they would not be waiting);
-        # blocked senders fail and their values are not delivered.
-        receivers, senders = self.receivers, self.senders
-        while receivers:
-            receiver = receivers.popleft()
-            receiver.op.finish(receiver.index, None, False)
+        # Go (closechan): blocked receivers see "closed", then blocked senders fail and their
+        # values are not delivered. Receivers wait on while values in flight may come back.
+        if self._drained():
+            self._end_receivers()
+        senders = self.senders
         while senders:
-            sender = senders.popleft()
-            sender.op.finish(sender.index, error=_closed_error())
+            senders.popleft().fail(_closed_error())
 
-    def _refill_buffer(self) -> None:
-        # A slot came free: the longest-waiting sender's value moves in and that send completes.
-        buffer, senders = self.buffer, self.senders
-        while senders and len(buffer) < self._capacity:
-            sender = senders.popleft()
-            if sender.op.finish(sender.index):
-                buffer.append(sender.value)
+    # --- for the node: remote waiters and handoffs ----------------------------------------
+
+    def add_sender(self, sender: SenderWaiting) -> None:
+        """Queue a sender and hand over whatever can be handed over now."""
+        if self._closed:
+            sender.fail(_closed_error())
+            return
+        self.senders.append(sender)
+        if self.receivers or self.free_slots() > 0:
+            self.match()
+
+    def add_receiver(self, receiver: ReceiverWaiting) -> None:
+        """Queue a receiver and hand over whatever can be handed over now."""
+        self.receivers.append(receiver)
+        if self.buffer or self.senders or self._closed:
+            self.match()
+
+    def match(self) -> None:
+        """Pair waiting receivers with buffered values and committed senders, as far as possible."""
+        buffer, receivers = self.buffer, self.receivers
+        index = 0
+        while index < len(receivers):
+            receiver = receivers[index]
+            sender: SenderWaiting | None = None
+            if buffer:
+                value = buffer.popleft()
+            elif self.senders and (sender := self._pop_sender(receiver.op)) is not None:
+                value = sender.value
+            elif self.senders and receiver.op is not None:
+                index += 1  # only its own select's sends are queued: serve the next receiver
+                continue
+            else:
+                break
+            if receivers[0] is receiver:
+                receivers.popleft()
+            else:  # (committing the sender may have withdrawn waiters ahead of it)
+                receivers.remove(receiver)
+            taken = receiver.offer(value)
+            if taken:
+                if sender is not None:
+                    sender.complete()
+            elif taken is None:
+                receiver.pending = (value, sender)
+                self.in_flight += 1
+                if sender is None:
+                    self.in_flight_buffered += 1
+            elif sender is None:  # that receiver was gone: the value goes back
+                buffer.appendleft(value)
+            else:
+                self.senders.appendleft(sender)
+        self._refill()
+        if self._closed and receivers and self._drained():
+            self._end_receivers()
+
+    def delivery_answered(self, receiver: ReceiverWaiting, taken: bool) -> None:
+        """A remote receiver answered a handoff: it took the value, or refused it."""
+        assert receiver.pending is not None
+        value, sender = receiver.pending
+        receiver.pending = None
+        self.in_flight -= 1
+        if sender is None:
+            self.in_flight_buffered -= 1
+            if taken:
+                self._slot_freed()
+            else:
+                self.buffer.appendleft(value)
+        elif taken:
+            sender.complete()
+        elif self._closed:
+            sender.fail(_closed_error())
+        else:
+            self.senders.appendleft(sender)
+        self.match()
+
+    def delivery_lost(self, receiver: ReceiverWaiting, error: QchanError) -> None:
+        """The link to a remote receiver died before it answered a handoff.
+
+        Whether it took the value is unknowable, and a value must never arrive twice: it counts
+        as taken. A sender still waiting for the answer fails with ``error`` (the caller passes
+        a DeliveryUncertain).
+        """
+        assert receiver.pending is not None
+        _, sender = receiver.pending
+        receiver.pending = None
+        self.in_flight -= 1
+        if sender is None:
+            self.in_flight_buffered -= 1
+            self._slot_freed()
+        else:
+            sender.fail(error)
+        self.match()
+
+    def reserve(self, wanted: int) -> int:
+        """Promise up to ``wanted`` free buffer slots to a remote sender; returns how many."""
+        granted = int(min(wanted, max(self.free_slots(), 0)))
+        self.reserved += granted
+        return granted
+
+    def unreserve(self, count: int) -> None:
+        """Take back ``count`` promised slots that will not be used."""
+        self.reserved -= count
+        self._slot_freed()
+
+    def put_reserved(self, value: Any) -> None:
+        """A value arrives for a promised slot (a remote credited send)."""
+        self.reserved -= 1
+        self.buffer.append(value)
+        if self.receivers:
+            self.match()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _drained(self) -> bool:
+        return not self.buffer and not self.in_flight_buffered
+
+    def _pop_sender(self, receiving: Operation | None = None) -> SenderWaiting | None:
+        # The first waiting sender that commits now, taken off the queue. A remote select
+        # that has been asked (None) keeps its place; senders that are gone are dropped. A
+        # select never meets itself: senders of the `receiving` operation are passed over.
+        senders = self.senders
+        index = 0
+        while index < len(senders):
+            sender = senders[index]
+            if receiving is not None and sender.op is receiving:
+                index += 1
+                continue
+            verdict = sender.commit()
+            if verdict is None:
+                index += 1
+                continue
+            del senders[index]
+            if verdict:
+                return sender
+        return None
+
+    def _refill(self) -> None:
+        # Free slots go to waiting senders first: their values move in, their sends complete.
+        buffer = self.buffer
+        while self.senders and self.free_slots() > 0:
+            sender = self._pop_sender()
+            if sender is None:
+                break
+            buffer.append(sender.value)
+            sender.complete()
+
+    def _slot_freed(self) -> None:
+        if self.senders:
+            self._refill()
+        if self.space_listener is not None and self.free_slots() > 0:
+            self.space_listener(self)
+
+    def _end_receivers(self) -> None:
+        receivers = self.receivers
+        while receivers:
+            receivers.popleft().end()
 
 
 def _check_capacity(capacity: object) -> float:

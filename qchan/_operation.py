@@ -13,10 +13,13 @@ tries to finish the operation through it. The operation moves through::
 
 ``CLAIMED`` exists for handoffs that take a round trip: once a case is claimed the other cases
 are withdrawn and cannot happen any more, but the task keeps sleeping until the claimed case
-has finished (a remote receiver confirmed the take, say). Cancellation only withdraws a
-``PENDING`` operation: once a case is claimed or done, the call completes normally and the
-cancellation is delivered at the task's next checkpoint (anyio and trio cancel scopes are
-level-triggered), so a cancelled call never loses or duplicates a value.
+has finished (a remote receiver confirmed the take, say). Cancellation withdraws a ``PENDING``
+operation at once. A ``CLAIMED`` one cannot be withdrawn by the task alone: its waiter is asked
+to try (:meth:`Waiter.cancel_claimed`; a remote send asks the channel's home) and the task
+sleeps on until the case either finishes, and the call returns normally, or is given up
+(:meth:`Operation.abandon`), and the call raises the cancellation. A call that returns normally
+despite a cancellation sees it at its next checkpoint (anyio and trio cancel scopes are
+level-triggered). Either way a cancelled call never loses or duplicates a value.
 
 The wait itself is backend-specific because it is the hot path: an asyncio future, or trio's
 ``wait_task_rescheduled``; both cost far less than an ``anyio.Event``.
@@ -56,13 +59,22 @@ class Waiter:
         """Leave the queue; the case will not happen. Must not fail if already gone."""
         raise NotImplementedError
 
+    def cancel_claimed(self) -> None:
+        """The task was cancelled after this case was claimed: give it up if still possible.
+
+        If the case can still be undone, arrange for :meth:`Operation.abandon`; otherwise do
+        nothing and let it finish. Local handoffs finish without waiting, so the default is
+        to do nothing.
+        """
+
 
 class Operation:
     """A blocked call: at most one of its cases happens, exactly once."""
 
-    __slots__ = ("_wake", "error", "index", "ok", "state", "value", "waiters")
+    __slots__ = ("_wake", "cases", "error", "index", "ok", "state", "value", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, cases: int = 1) -> None:
+        self.cases = cases  # a lone case may be claimed at once: nothing else can happen
         self.state: int = PENDING
         self.index = -1
         self.value: Any = None
@@ -113,6 +125,21 @@ class Operation:
         self._withdraw_all_but(-1)
         return True
 
+    def cancel_claimed(self) -> None:
+        """Ask the claimed case's waiter to give the case up (see :meth:`Waiter.cancel_claimed`)."""
+        if self.state == CLAIMED:
+            for waiter in self.waiters:
+                if waiter.index == self.index:
+                    waiter.cancel_claimed()
+                    return
+
+    def abandon(self) -> None:
+        """The claimed case was given up after a cancellation: wake the task to raise it."""
+        if self.state == CLAIMED:
+            self.state = WITHDRAWN
+            if self._wake is not None:
+                self._wake()
+
     def _withdraw_all_but(self, index: int) -> None:
         waiters = self.waiters
         if len(waiters) == 1 and waiters[0].index == index:
@@ -150,19 +177,22 @@ async def _wait_asyncio(op: Operation) -> None:
     try:
         await future
         return
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         if op.withdraw():
             raise
+        cancellation = exc
     # A case was claimed or done before the cancellation reached us: see it through. The
-    # cancel scope stays cancelled, so the caller's next checkpoint raises.
-    while op.state != DONE:
+    # cancel scope stays cancelled, so the caller's next checkpoint raises if we return.
+    op.cancel_claimed()
+    while op.state == CLAIMED:
         future = loop.create_future()
-        op._wake = wake
         with anyio.CancelScope(shield=True):
             try:
                 await future
             except asyncio.CancelledError:
                 continue  # a bare task.cancel(): still finish what was started
+    if op.state == WITHDRAWN:
+        raise cancellation
 
 
 async def _wait_trio(op: Operation) -> None:
@@ -175,9 +205,13 @@ async def _wait_trio(op: Operation) -> None:
         # Runs synchronously when a cancel arrives: withdrawal and the decision are atomic.
         if op.withdraw():
             return trio.lowlevel.Abort.SUCCEEDED
-        return trio.lowlevel.Abort.FAILED  # claimed: finish() will reschedule us
+        op.cancel_claimed()
+        return trio.lowlevel.Abort.FAILED  # claimed: finish() or abandon() reschedules us
 
     await trio.lowlevel.wait_task_rescheduled(abort)
+    if op.state == WITHDRAWN:
+        # Abandoned after a cancellation: the scope is still cancelled, so this raises it.
+        await trio.lowlevel.checkpoint()
 
 
 async def checkpoint() -> None:
