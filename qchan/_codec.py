@@ -310,6 +310,10 @@ def _check_structure(data: bytes | bytearray | memoryview, size: int) -> None:
         raise msgpack.ExtraData(None, None)
 
 
+def _too_large(size: int, max_size: int, at_least: str = "") -> str:
+    return f"value encodes to {at_least}{size} bytes, more than the limit of {max_size}"
+
+
 def _where(path: str) -> str:
     if not path:
         return "at the top level"
@@ -446,8 +450,10 @@ class Codec:
         """The msgpack bytes for ``value``; all or nothing.
 
         ``channel_encoder(handle)`` is called once for each channel handle in the value
-        (wherever it sits), only after the rest of the value has encoded, and the bytes it
-        returns stand for that handle.
+        (wherever it sits, in the order the value is walked: depth first, in iteration order),
+        only once the rest of the value has encoded and fits ``max_size``, and the bytes it
+        returns stand for that handle. Besides what this codec supports as such (see the
+        module's docstring), ``msgpack.Timestamp`` travels as msgpack's own timestamp.
 
         Raises:
             TypeError: part of the value cannot be sent (the message names its type and where it
@@ -464,10 +470,15 @@ class Codec:
         try:
             data = encoder.pack(value)
             if encoder.handles:
+                # Fail on size before the hook runs, if references (3 bytes or more each)
+                # in place of the placeholders cannot bring the value under the limit.
+                shrink = len(encoder.handles) * (len(encoder.placeholder_bytes) - 3)
+                if len(data) - shrink > max_size:
+                    raise MessageTooLarge(_too_large(len(data) - shrink, max_size, "at least "))
                 data = self._place_channels(encoder, value, data, channel_encoder)
-        except BaseException as exc:
+        except (_Refused, ValueError) as exc:  # else: the hooks' errors, or msgpack's own
             # The encoder is dropped, not pooled: its state is of no further use.
-            if exc is encoder.user_error or not isinstance(exc, _Refused | ValueError):
+            if exc is encoder.user_error or isinstance(exc, MessageTooLarge):
                 raise
             problem = self._diagnose(value, channel_encoder is not None)
             if problem is None:
@@ -476,9 +487,7 @@ class Codec:
         if len(data) < _KEEP_PACKER_BELOW:  # else its buffer grew that big, and would stay so
             pool.append(encoder)
         if len(data) > max_size:
-            raise MessageTooLarge(
-                f"value encodes to {len(data)} bytes, more than the limit of {max_size}"
-            )
+            raise MessageTooLarge(_too_large(len(data), max_size))
         return data
 
     def _place_channels(
@@ -525,12 +534,15 @@ class Codec:
         does. Iterative, so it works at any depth.
         """
         leave = object()  # pushed under a container's children: popping it leaves the container
-        active: set[int] = set()  # the containers on the current path: a repeat is a cycle
+        # The containers on the current path, by id: a repeat is a cycle. They are held, not
+        # just their ids, so that a temporary one (a registered type's encoded form) cannot be
+        # freed and its id reused while it is on the path.
+        active: dict[int, object] = {}
         stack: list[tuple[Any, str, int]] = [(value, "", 0)]
         while stack:
             obj, path, depth = stack.pop()
             if obj is leave:
-                active.discard(depth)  # for ``leave``, the slot holds the container's id
+                del active[depth]  # for ``leave``, the slot holds the container's id
                 continue
             if depth > MAX_DEPTH:
                 return ValueError(
@@ -566,7 +578,7 @@ class Codec:
                 return TypeError(self._refusal(cls, path))
             if id(obj) in active:
                 return ValueError(f"cannot send a value that contains itself ({_where(path)})")
-            active.add(id(obj))
+            active[id(obj)] = obj
             stack.append((leave, "", id(obj)))
             stack.extend(reversed(children))
         return None
