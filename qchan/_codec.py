@@ -37,6 +37,7 @@ so nested arrays that each declare a large length cannot add up to gigabytes.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import reprlib
 from collections.abc import Callable
@@ -81,7 +82,8 @@ DEFAULT_MAX_SIZE: Final = 64 * 2**20
 
 #: Nesting limit, both ways: msgpack's C packer and unpacker both stop at 1024 levels (a
 #: compiled-in constant), at no cost per message. A dataclass takes two levels (its marker
-#: array and its field map), a tuple, set or registered value one.
+#: array and its field map), a tuple, set or registered value one. (One edge: the packer lets
+#: a 1025th level through when it is an empty list or dict; the receiver refuses that value.)
 MAX_DEPTH: Final = 1024
 
 # Above this size, decode first checks the structure with msgpack's allocation-free skip().
@@ -152,8 +154,27 @@ class _Entry:
 
 
 def _dataclass_fields(cls: type[Any]) -> tuple[tuple[str, ...], Callable[[Any], Any]]:
-    """A dataclass's init fields, and the function that reads them into a dict."""
+    """A dataclass's init fields, and the function that reads them into a dict.
+
+    Raises:
+        TypeError: ``cls(**fields)`` cannot rebuild it: its constructor requires something
+            that is not an init field (a required InitVar, a hand-written ``__init__``).
+    """
     names = tuple(field.name for field in dataclasses.fields(cls) if field.init)
+    try:
+        parameters = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: the receiver will find out
+        parameters = []
+    for parameter in parameters:
+        required = parameter.default is parameter.empty and parameter.kind not in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        )
+        if required and parameter.name not in names:
+            raise TypeError(
+                f"register_type({cls.__qualname__}): its constructor requires"
+                f" {parameter.name!r}, which is not an init field; give encode and decode"
+            )
 
     def to_state(obj: Any) -> dict[str, Any]:
         return {name: getattr(obj, name) for name in names}

@@ -326,6 +326,40 @@ def test_dataclass_fields_not_in_init_are_rebuilt_not_sent() -> None:
     assert codec.decode(data) == Area(2, 3)
 
 
+def test_dataclass_that_fields_alone_cannot_rebuild_is_refused_at_registration() -> None:
+    codec = Codec()
+
+    @dataclasses.dataclass
+    class NeedsSeed:
+        x: int
+        seed: dataclasses.InitVar[int]
+
+        def __post_init__(self, seed: int) -> None:
+            pass
+
+    @dataclasses.dataclass(init=False)
+    class OwnInit:
+        x: int
+
+        def __init__(self, x: int, scale: int) -> None:
+            self.x = x * scale
+
+    for cls in (NeedsSeed, OwnInit):
+        with pytest.raises(TypeError, match="which is not an init field; give encode and decode"):
+            codec.register_type(cls)
+
+    @codec.register_type
+    @dataclasses.dataclass
+    class OptionalSeed:
+        x: int
+        seed: dataclasses.InitVar[int] = 0
+
+        def __post_init__(self, seed: int) -> None:
+            pass
+
+    assert codec.decode(codec.encode(OptionalSeed(1))) == OptionalSeed(1)
+
+
 def test_slots_and_kw_only_dataclasses() -> None:
     codec = Codec()
 
