@@ -194,7 +194,7 @@ def test_bombs_fail_fast_in_bounded_memory(data: bytes) -> None:
 
     peak, elapsed = peak_memory_and_time(attempt)
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
-    assert elapsed < 0.5, f"{elapsed:.3f} s"
+    assert elapsed < 1.0, f"{elapsed:.3f} s"  # milliseconds in fact; slack for a busy machine
 
 
 def test_the_preallocation_bomb_is_real_without_the_structure_check() -> None:
@@ -206,7 +206,8 @@ def test_the_preallocation_bomb_is_real_without_the_structure_check() -> None:
             msgpack.unpackb(data, max_array_len=len(data))
 
     peak, _ = peak_memory_and_time(attempt)
-    assert peak > 50 * 2**20
+    # If this fails, msgpack stopped preallocating, and _check_structure may no longer be needed.
+    assert peak > 50 * 2**20, f"msgpack alone peaked at {peak / 2**20:.1f} MiB"
 
 
 def test_a_large_valid_message_decodes_in_memory_proportional_to_it() -> None:
