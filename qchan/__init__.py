@@ -5,6 +5,7 @@ through :class:`Node`, across an encrypted cluster of peer nodes. See README.md 
 """
 
 from qchan._channel import Channel, ChannelStatistics, ReceiveChannel, SendChannel
+from qchan._codec import register_type
 from qchan._errors import (
     AuthenticationError,
     ChannelClosed,
@@ -20,6 +21,7 @@ from qchan._errors import (
 from qchan._select import RecvCase, SendCase, recv, select, send
 from qchan._version import __version__
 from qchan.crypto.keys import ClusterKey, NodeKey
+from qchan.node import Node, PeerInfo
 
 __all__ = [
     "AuthenticationError",
@@ -29,9 +31,11 @@ __all__ = [
     "ClusterKey",
     "DeliveryUncertain",
     "MessageTooLarge",
+    "Node",
     "NodeKey",
     "NotFound",
     "PeerLost",
+    "PeerInfo",
     "PermissionDenied",
     "ProtocolError",
     "QchanError",
@@ -42,6 +46,7 @@ __all__ = [
     "WouldBlock",
     "__version__",
     "recv",
+    "register_type",
     "select",
     "send",
 ]

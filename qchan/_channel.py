@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar, final
 
@@ -207,7 +207,6 @@ class ChannelState:
         "receivers",
         "reserved",
         "senders",
-        "space_listener",
     )
 
     def __init__(self, capacity: float) -> None:
@@ -220,7 +219,6 @@ class ChannelState:
         self.in_flight_buffered = 0  # ... of which values taken from the buffer
         self.reserved = 0  # buffer slots promised to remote senders (credits)
         self.export_id: int | None = None  # set by the node that exports this channel
-        self.space_listener: Callable[[ChannelState], None] | None = None
 
     @property
     def capacity(self) -> float:
@@ -409,6 +407,14 @@ class ChannelState:
     def put_reserved(self, value: Any) -> None:
         """A value arrives for a promised slot (a remote credited send)."""
         self.reserved -= 1
+        self.put_unreserved(value)
+
+    def put_unreserved(self, value: Any) -> None:
+        """A credited send whose promise the home no longer holds: buffered all the same.
+
+        Its sender has returned already, so refusing it would lose it; at worst the buffer
+        holds a few values more than its capacity for a moment.
+        """
         self.buffer.append(value)
         if self.receivers:
             self.match()
@@ -451,8 +457,6 @@ class ChannelState:
     def _slot_freed(self) -> None:
         if self.senders:
             self._refill()
-        if self.space_listener is not None and self.free_slots() > 0:
-            self.space_listener(self)
 
     def _end_receivers(self) -> None:
         receivers = self.receivers

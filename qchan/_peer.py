@@ -1,0 +1,231 @@
+"""What this node knows of another node, across the connections it has had to it.
+
+A :class:`Peer` outlives its links: the endpoints of its channels that this node holds, credit
+records, and operations *parked* while no link is up. Its current link's
+:class:`~qchan._session.Session` carries new operations. Two links between the same two nodes
+(both dialled at once) are resolved the same way on both sides: the link dialled by the node
+with the smaller public key carries new work, and the other is closed once idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any, final
+
+from qchan._client import CREDIT_WAIT, PARKED, ClientOp, RemoteEndpoint
+from qchan._errors import PeerLost, QchanError
+from qchan._home import CreditAccount
+from qchan._refs import ChannelRef
+from qchan.crypto.keys import fingerprint
+from qchan.protocol.frames import GoawayReason, Kind
+
+if TYPE_CHECKING:
+    from qchan._session import Session
+    from qchan.node import Node
+
+__all__ = ["Peer"]
+
+log = logging.getLogger("qchan.node")
+
+
+@final
+class Peer:
+    """Another node (see the module docstring)."""
+
+    __slots__ = (
+        "__weakref__",
+        "address",
+        "credit_accounts",
+        "dialing",
+        "endpoints",
+        "incarnation",
+        "key",
+        "name",
+        "node",
+        "parked",
+        "session",
+        "sessions",
+        "streaming",
+    )
+
+    def __init__(self, node: Node, key: bytes, address: str = "") -> None:
+        self.node = node
+        self.key = key
+        self.address = address
+        self.name = ""
+        self.incarnation: bytes | None = None
+        self.session: Session | None = None  # the link that carries new operations
+        self.sessions: list[Session] = []  # every open link (a duplicate drains here)
+        self.parked: list[ClientOp] = []  # operations waiting for a link
+        self.dialing = False
+        self.endpoints: weakref.WeakValueDictionary[int, RemoteEndpoint] = (
+            weakref.WeakValueDictionary()
+        )
+        self.streaming: set[RemoteEndpoint] = set()  # endpoints with unconfirmed credited sends
+        self.credit_accounts: dict[int, CreditAccount] = {}  # home side: its credits with us
+
+    @property
+    def label(self) -> str:
+        return self.name or fingerprint(self.key)
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None
+
+    # --- our operations on its channels -----------------------------------------------------
+
+    def submit(self, client: ClientOp) -> None:
+        if self.session is not None:
+            self.session.start(client)
+        else:
+            self.parked.append(client)
+            self.node.need_connection(self)
+
+    def withdraw(self, client: ClientOp) -> None:
+        if client.status == CREDIT_WAIT:
+            _remove(client.endpoint.credit_waiters, client)
+        elif client.status == PARKED:
+            _remove(self.parked, client)
+        elif client.session is not None:
+            client.session.forget(client)
+
+    def cancel_claimed(self, client: ClientOp) -> None:
+        if client.status in (PARKED, CREDIT_WAIT):
+            _remove(
+                self.parked if client.status == PARKED else client.endpoint.credit_waiters, client
+            )
+            client.op.abandon()
+        elif client.session is not None:
+            client.session.cancel_claimed(client)
+
+    def fail_parked(self, error: QchanError) -> None:
+        parked, self.parked = self.parked, []
+        for client in parked:
+            client.op.finish(client.index, error=error)
+
+    def close_channel(self, endpoint: RemoteEndpoint) -> None:
+        session = self.session
+        if session is None:
+            raise PeerLost(f"cannot close the channel: no connection to {self.label}")
+        session.ensure_open(endpoint)
+        session.send([Kind.CLOSE, endpoint.ref.chan])
+
+    def encode_value(self, value: Any) -> bytes:
+        return self.node.encode_value(value, self)
+
+    def credit_account(self, chan: int) -> CreditAccount:
+        account = self.credit_accounts.get(chan)
+        if account is None:
+            account = self.credit_accounts[chan] = CreditAccount()
+        return account
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    def endpoint(self, ref: ChannelRef) -> RemoteEndpoint:
+        """The one endpoint of this node for the channel ``ref`` names (made on first use)."""
+        endpoint = self.endpoints.get(ref.chan)
+        if endpoint is None:
+            endpoint = RemoteEndpoint(self, ref)
+            self.endpoints[ref.chan] = endpoint
+            weakref.finalize(endpoint, _release, weakref.ref(self), ref.chan)
+            if self.session is not None:
+                self.session.ensure_open(endpoint)  # register as a holder right away
+        elif ref.rights & ~endpoint.ref.rights:
+            # A reference with more rights than we had: keep the union, and re-open.
+            endpoint.ref = ChannelRef(
+                ref.home,
+                ref.incarnation,
+                ref.address,
+                ref.chan,
+                ref.capacity,
+                endpoint.ref.send_token or ref.send_token,
+                endpoint.ref.receive_token or ref.receive_token,
+            )
+            if self.session is not None:
+                self.session.opened.discard(ref.chan)
+                self.session.ensure_open(endpoint)
+        return endpoint
+
+    def released(self, chan: int) -> None:
+        """Our last handle to the peer's channel ``chan`` is gone: tell its home."""
+        for session in self.sessions:
+            if chan in session.opened:
+                session.opened.discard(chan)
+                session.send([Kind.RELEASE, chan])
+
+    # --- links -------------------------------------------------------------------------------
+
+    def attach(self, session: Session) -> None:
+        """A new link to this peer is up."""
+        self.sessions.append(session)
+        current = self.session
+        if current is None:
+            self.session = session
+        elif _dialled_by_smaller_key(session, self) < _dialled_by_smaller_key(current, self):
+            current.retired = True  # both sides agree: the new link carries new work
+            self.session = session
+        else:
+            session.retired = True
+            return
+        for endpoint in list(self.endpoints.values()):
+            session.ensure_open(endpoint)
+        for endpoint in list(self.streaming):
+            session.resend(endpoint)
+        parked, self.parked = self.parked, []
+        for client in parked:
+            session.start(client)
+
+    def detach(self, session: Session, error: QchanError) -> None:
+        """A link to this peer ended (its operations have failed already)."""
+        if session in self.sessions:
+            self.sessions.remove(session)
+        if self.session is session:
+            self.session = next((s for s in self.sessions if not s.closed), None)
+            if self.session is not None:
+                self.session.retired = False
+        if self.session is None:
+            lost = PeerLost(f"lost the connection to {self.label}: {error}")
+            for endpoint in self.streaming:
+                endpoint.fail_credit_waiters(lost)
+            self.node.peer_left(self, error)
+
+    def close_idle_duplicates(self) -> None:
+        for session in self.sessions:
+            if session.retired and session.idle and not session.closed:
+                session.link.close(GoawayReason.DUPLICATE, "another link is kept")
+
+    def restarted(self) -> None:
+        """The peer came back as a new process: whatever we held of the old one is void."""
+        log.info("%s restarted", self.label)
+        for endpoint in list(self.endpoints.values()):
+            endpoint.stale = True
+        self.endpoints.clear()
+        self.streaming.clear()
+        self.credit_accounts.clear()
+        self.node.exports.forget_holder(self.key)
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.label} {'connected' if self.connected else 'disconnected'}>"
+
+
+def _remove(queue: Any, client: ClientOp) -> None:
+    try:
+        queue.remove(client)
+    except ValueError:
+        pass
+
+
+def _dialled_by_smaller_key(session: Session, peer: Peer) -> bytes:
+    # The key of the node that dialled this link: the same answer on both ends.
+    return peer.node.public_key if session.link.initiator else peer.key
+
+
+def _release(peer_ref: weakref.ref[Peer], chan: int) -> None:
+    # A finalizer: runs when an endpoint is garbage-collected.
+    peer = peer_ref()
+    if peer is not None:
+        try:
+            peer.released(chan)
+        except Exception:  # never let a finalizer raise (e.g. at interpreter exit)
+            log.debug("could not release channel %d at %s", chan, peer.label, exc_info=True)

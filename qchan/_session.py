@@ -1,0 +1,486 @@
+"""One authenticated link to a peer, seen from the node: the frames both ways, dispatched.
+
+A session is both a client and a home. As a client it carries this node's operations on the
+peer's channels (:class:`~qchan._client.ClientOp`, by op id). As a home it carries the peer's
+operations on this node's channels (:mod:`qchan._home` waiters, by the peer's op id) and the
+channels the peer has opened on this link, with their rights.
+
+Every frame kind has one handler in :data:`_HANDLERS`. A handler that meets something the
+peer should never have sent (an operation on a channel it did not open, a right it was not
+given, an answer to a question never asked) raises :class:`~qchan.ProtocolError`: the link is
+closed with ``GOAWAY`` and only this peer's operations are affected. When the link ends, every
+operation waiting on it fails at once: receives and unsent sends with ``PeerLost``, sends that
+may have been handed over with ``DeliveryUncertain``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, final
+
+from qchan._channel import Channel, ChannelState
+from qchan._client import CANCELLING, SENT, ClientOp, RemoteEndpoint
+from qchan._errors import (
+    ChannelClosed,
+    DeliveryUncertain,
+    ProtocolError,
+    QchanError,
+    error_for_code,
+)
+from qchan._home import RemoteReceiver, RemoteSender, credit_target, error_frame
+from qchan.protocol.frames import Frame, GoawayReason, Kind, Mode, Rights
+from qchan.transport import Link
+
+if TYPE_CHECKING:
+    from qchan._peer import Peer
+    from qchan.node import Node
+
+__all__ = ["Session"]
+
+log = logging.getLogger("qchan.node")
+
+#: Past this many of a peer's operations waiting here, stop reading its link (never drop).
+MAX_OUTSTANDING: Final = 10_000
+
+
+@final
+class Session:
+    """A link to one peer and everything in flight on it (see the module docstring)."""
+
+    __slots__ = (
+        "_credit_dirty",
+        "_ids",
+        "_paused",
+        "closed",
+        "grants",
+        "home_ops",
+        "link",
+        "lookups",
+        "node",
+        "opened",
+        "ops",
+        "peer",
+        "retired",
+    )
+
+    def __init__(self, node: Node, peer: Peer, link: Link) -> None:
+        self.node = node
+        self.peer = peer
+        self.link = link
+        self.closed = False
+        self.retired = False  # a duplicate link kept only until it is idle
+        self._ids = itertools.count(1)
+        # client side: our operations at the peer's channels
+        self.ops: dict[int, ClientOp] = {}
+        self.lookups: dict[int, Channel[bytes | None]] = {}
+        self.opened: set[int] = set()  # peer channels we sent OPEN for on this link
+        # home side: the peer's operations at our channels
+        self.home_ops: dict[int, RemoteSender | RemoteReceiver] = {}
+        self.grants: dict[int, tuple[ChannelState | None, int]] = {}
+        self._credit_dirty: set[int] = set()
+        self._paused = False
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def send(self, frame: Frame) -> None:
+        if not self.closed:
+            self.link.send(frame)
+
+    def encode_value(self, value: Any) -> bytes:
+        return self.peer.encode_value(value)
+
+    @property
+    def idle(self) -> bool:
+        return not self.ops and not self.home_ops and not self.lookups
+
+    # --- client side: our operations ---------------------------------------------------------
+
+    def ensure_open(self, endpoint: RemoteEndpoint) -> None:
+        """Prove our right to ``endpoint``'s channel on this link, once."""
+        chan = endpoint.ref.chan
+        if chan not in self.opened:
+            self.opened.add(chan)
+            rights = endpoint.ref.rights
+            self.send([Kind.OPEN, chan, rights, endpoint.ref.tokens(rights)])
+
+    def start(self, client: ClientOp) -> None:
+        """Send a parked case's SEND or RECV."""
+        op_id = next(self._ids)
+        client.op_id, client.session, client.status = op_id, self, SENT
+        self.ops[op_id] = client
+        endpoint = client.endpoint
+        self.ensure_open(endpoint)
+        if client.data is not None:
+            self.send([Kind.SEND, op_id, endpoint.ref.chan, client.mode, client.data])
+        else:
+            self.send([Kind.RECV, op_id, endpoint.ref.chan])
+
+    def forget(self, client: ClientOp) -> None:
+        """A case left the operation (withdrawn): tell the home, ignore late answers."""
+        if self.ops.pop(client.op_id, None) is not None:
+            self.send([Kind.CANCEL, client.op_id])
+
+    def cancel_claimed(self, client: ClientOp) -> None:
+        """A cancelled plain send asks the home to withdraw it; CANCELLED or ACK will tell."""
+        if client.status == SENT and client.op_id in self.ops:
+            client.status = CANCELLING
+            self.send([Kind.CANCEL, client.op_id])
+
+    def push(self, endpoint: RemoteEndpoint, seq: int, data: bytes) -> None:
+        self.ensure_open(endpoint)
+        self.send([Kind.PUSH, endpoint.ref.chan, seq, data])
+
+    def resend(self, endpoint: RemoteEndpoint) -> None:
+        """Credited sends not yet confirmed go out again on this (new) link, in order."""
+        self.ensure_open(endpoint)
+        chan = endpoint.ref.chan
+        for seq, data in endpoint.unacked:
+            self.send([Kind.PUSH, chan, seq, data])
+
+    def lookup(self, name: str, replies: Channel[bytes | None]) -> None:
+        req = next(self._ids)
+        self.lookups[req] = replies
+        self.send([Kind.LOOKUP, req, name])
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def on_frames(self, frames: list[Frame]) -> None:
+        """Called by the link with every frame of one read, in order."""
+        if self.closed:
+            return
+        handlers = _HANDLERS
+        try:
+            for frame in frames:
+                handlers[frame[0]](self, frame)
+            if self._credit_dirty:
+                for chan in self._credit_dirty:
+                    self.grant_credits(chan)
+                self._credit_dirty.clear()
+        except ProtocolError as exc:
+            log.warning("closing the link to %s: %s", self.peer.label, exc)
+            self.link.close(GoawayReason.PROTOCOL_ERROR, str(exc))
+
+    def on_closed(self, error: QchanError) -> None:
+        """Called by the link, once, when it ends for any reason."""
+        if self.closed:
+            return
+        self.closed = True
+        why = f"lost the connection to {self.peer.label}: {error}"
+        ops, self.ops = self.ops, {}
+        for client in ops.values():
+            client.op.finish(client.index, error=client.lost_error(why))
+        lookups, self.lookups = self.lookups, {}
+        for replies in lookups.values():
+            replies.send_nowait(None)
+        home_ops, self.home_ops = self.home_ops, {}
+        for waiter in home_ops.values():
+            if isinstance(waiter, RemoteReceiver) and waiter.pending is not None:
+                uncertain = DeliveryUncertain(f"the receiving node {self.peer.label} was lost")
+                waiter.state.delivery_lost(waiter, uncertain)
+            else:
+                waiter.withdraw()
+        self.grants.clear()
+        self.peer.detach(self, error)
+
+    # --- home side helpers ---------------------------------------------------------------
+
+    def served(self, op_id: int) -> None:
+        self.home_ops.pop(op_id, None)
+        if self._paused and len(self.home_ops) < MAX_OUTSTANDING // 2:
+            self._paused = False
+            self.link.resume_reading()
+
+    def _admit(self, op_id: int, waiter: RemoteSender | RemoteReceiver) -> None:
+        if op_id in self.home_ops:
+            raise ProtocolError(f"operation id {op_id} is already in use")
+        self.home_ops[op_id] = waiter
+        if not self._paused and len(self.home_ops) > MAX_OUTSTANDING:
+            self._paused = True  # backpressure: nothing is dropped, the peer just waits
+            self.link.pause_reading()
+
+    def _channel(self, chan: int, right: Rights) -> ChannelState | None:
+        grant = self.grants.get(chan)
+        if grant is None:
+            raise ProtocolError(f"operation on channel {chan}, which was not opened")
+        state, rights = grant
+        if not rights & right:
+            raise ProtocolError(f"{right.name} on channel {chan} without that right")
+        return state  # None: the channel is gone, it acts closed
+
+    def _decode(self, data: bytes) -> Any:
+        return self.node.decode_value(data)
+
+    def sent_to_buffer(self, state: ChannelState) -> None:
+        if state.export_id is not None:
+            self.grant_credits(state.export_id)
+
+    def grant_credits(self, chan: int) -> None:
+        """Confirm credited sends received and top up the peer's credits on ``chan``.
+
+        Every batch of credited sends gets an answer (the peer's next sends wait for it).
+        """
+        grant = self.grants.get(chan)
+        state = grant[0] if grant is not None and grant[1] & Rights.SEND else None
+        account = self.peer.credit_account(chan)
+        new = 0
+        if state is not None and state.capacity and not state.closed:  # (a rendezvous: never)
+            wanted = credit_target(state.capacity) - account.granted
+            if wanted > 0:
+                new = state.reserve(wanted)
+                account.granted += new
+        if new or account.acked != account.last_seq:
+            account.acked = account.last_seq
+            self.send([Kind.CREDIT, chan, account.last_seq, new])
+
+    # --- handlers: the peer's requests to us as home -------------------------------------
+
+    def _on_open(self, frame: Frame) -> None:
+        _, chan, rights, tokens = frame
+        state = self.node.exports.open(chan, rights, tokens, self.peer.key)
+        self.grants[chan] = (state, rights)
+
+    def _on_send(self, frame: Frame) -> None:
+        _, op_id, chan, mode, data = frame
+        if mode not in (Mode.PLAIN, Mode.SELECT):
+            raise ProtocolError(f"unknown send mode {mode}")
+        state = self._channel(chan, Rights.SEND)
+        if state is None:
+            self.send([Kind.CLOSED, op_id])
+            return
+        try:
+            value = self._decode(data)
+        except ProtocolError as exc:  # e.g. a type this node never registered
+            self.send(error_frame(op_id, exc))
+            return
+        waiter = RemoteSender(self, op_id, state, value, mode)
+        self._admit(op_id, waiter)
+        if mode == Mode.PLAIN and state.capacity:
+            self._credit_dirty.add(chan)  # a sender without credit: offer some
+        state.add_sender(waiter)
+
+    def _on_push(self, frame: Frame) -> None:
+        _, chan, seq, data = frame
+        state = self._channel(chan, Rights.SEND)
+        account = self.peer.credit_account(chan)
+        if seq <= account.last_seq:
+            return  # sent again after a reconnect, and we have it already
+        account.last_seq = seq
+        self._credit_dirty.add(chan)
+        if state is None:
+            return  # the channel is gone: nobody could ever receive it
+        try:
+            value = self._decode(data)
+        except ProtocolError as exc:
+            log.error("dropped a value from %s that cannot be decoded: %s", self.peer.label, exc)
+            return
+        if account.granted > 0:
+            account.granted -= 1
+            state.put_reserved(value)
+        else:
+            # A credit we no longer hold (our record was reset): never lose the value.
+            state.put_unreserved(value)
+
+    def _on_recv(self, frame: Frame) -> None:
+        _, op_id, chan = frame
+        state = self._channel(chan, Rights.RECEIVE)
+        if state is None:
+            self.send([Kind.CLOSED, op_id])
+            return
+        waiter = RemoteReceiver(self, op_id, state)
+        self._admit(op_id, waiter)
+        state.add_receiver(waiter)
+
+    def _on_cancel(self, frame: Frame) -> None:
+        op_id = frame[1]
+        waiter = self.home_ops.get(op_id)
+        if waiter is not None and waiter.withdraw():
+            self.served(op_id)
+            if isinstance(waiter, RemoteSender):
+                self.send([Kind.CANCELLED, op_id])
+        # else: it is being handed over already; its outcome will be reported as usual
+
+    def _delivery(self, frame: Frame) -> RemoteReceiver:
+        waiter = self.home_ops.get(frame[1])
+        if not isinstance(waiter, RemoteReceiver) or waiter.pending is None:
+            raise ProtocolError(f"{Kind(frame[0]).name} for operation {frame[1]}: no delivery")
+        self.served(frame[1])
+        return waiter
+
+    def _on_taken(self, frame: Frame) -> None:
+        waiter = self._delivery(frame)
+        waiter.state.delivery_answered(waiter, True)
+
+    def _on_refused(self, frame: Frame) -> None:
+        waiter = self._delivery(frame)
+        waiter.state.delivery_answered(waiter, False)
+
+    def _claimed(self, frame: Frame) -> RemoteSender:
+        waiter = self.home_ops.get(frame[1])
+        if not isinstance(waiter, RemoteSender) or waiter.claim != 1:
+            raise ProtocolError(f"{Kind(frame[0]).name} for operation {frame[1]}: never claimed")
+        return waiter
+
+    def _on_grant(self, frame: Frame) -> None:
+        self._claimed(frame).granted()
+
+    def _on_deny(self, frame: Frame) -> None:
+        waiter = self._claimed(frame)
+        waiter.withdraw()
+        self.served(frame[1])
+
+    def _on_close(self, frame: Frame) -> None:
+        state = self._channel(frame[1], Rights.SEND)
+        if state is not None:
+            state.close()
+
+    def _on_release(self, frame: Frame) -> None:
+        chan = frame[1]
+        grant = self.grants.pop(chan, None)
+        self.opened.discard(chan)
+        self.node.exports.release(chan, self.peer.key)
+        account = self.peer.credit_accounts.pop(chan, None)
+        if account is not None and account.granted and grant is not None and grant[0] is not None:
+            grant[0].unreserve(account.granted)
+
+    def _on_return(self, frame: Frame) -> None:
+        _, chan, count = frame
+        grant = self.grants.get(chan)
+        account = self.peer.credit_accounts.get(chan)
+        if grant is None or account is None or grant[0] is None:
+            return
+        count = min(count, account.granted)
+        account.granted -= count
+        grant[0].unreserve(count)
+
+    def _on_lookup(self, frame: Frame) -> None:
+        _, req, name = frame
+        ref = self.node.ref_for_name(name, self.peer.key)
+        if ref is None:
+            self.send([Kind.NOTFOUND, req])
+        else:
+            self.send([Kind.FOUND, req, ref])
+
+    # --- handlers: answers to our operations -----------------------------------------------
+
+    def _on_ack(self, frame: Frame) -> None:
+        client = self.ops.pop(frame[1], None)
+        if client is not None:
+            if not client.is_send:
+                raise ProtocolError(f"ACK for receive operation {frame[1]}")
+            client.op.finish(client.index)
+
+    def _on_deliver(self, frame: Frame) -> None:
+        _, op_id, data = frame
+        client = self.ops.pop(op_id, None)
+        if client is None:  # withdrawn meanwhile: the value goes back
+            self.send([Kind.REFUSED, op_id])
+            return
+        if client.is_send:
+            raise ProtocolError(f"DELIVER for send operation {op_id}")
+        try:
+            value = self._decode(data)
+        except ProtocolError as exc:
+            # Taken, so the value is not offered again and again; the receive raises.
+            if client.op.finish(client.index, error=exc):
+                self.send([Kind.TAKEN, op_id])
+            else:
+                self.send([Kind.REFUSED, op_id])
+            return
+        if client.op.finish(client.index, value):
+            self.send([Kind.TAKEN, op_id])
+        else:
+            self.send([Kind.REFUSED, op_id])
+
+    def _on_closed(self, frame: Frame) -> None:
+        client = self.ops.pop(frame[1], None)
+        if client is None:
+            return
+        endpoint = client.endpoint
+        endpoint.closed_hint = True
+        if client.is_send:
+            client.op.finish(client.index, error=ChannelClosed("send on a closed channel"))
+        else:
+            endpoint.drained_hint = True
+            client.op.finish(client.index, None, False)
+
+    def _on_claim(self, frame: Frame) -> None:
+        op_id = frame[1]
+        client = self.ops.get(op_id)
+        if client is not None and client.is_send and client.op.claim(client.index):
+            client.granted = True
+            self.send([Kind.GRANT, op_id])
+        else:
+            self.ops.pop(op_id, None)
+            self.send([Kind.DENY, op_id])
+
+    def _on_cancelled(self, frame: Frame) -> None:
+        client = self.ops.pop(frame[1], None)
+        if client is not None:
+            client.op.abandon()
+
+    def _on_failed(self, frame: Frame) -> None:
+        _, op_id, code, text = frame
+        client = self.ops.pop(op_id, None)
+        if client is not None:
+            client.op.finish(client.index, error=error_for_code(code)(text))
+
+    def _on_credit(self, frame: Frame) -> None:
+        _, chan, acked, grant = frame
+        endpoint = self.peer.endpoints.get(chan)
+        if endpoint is None:
+            if grant:
+                self.send([Kind.RETURN, chan, grant])
+            return
+        endpoint.credited(acked, grant)
+
+    def _on_found(self, frame: Frame) -> None:
+        replies = self.lookups.pop(frame[1], None)
+        if replies is None:
+            raise ProtocolError(f"FOUND for lookup {frame[1]} that was never asked")
+        replies.send_nowait(frame[2])
+
+    def _on_notfound(self, frame: Frame) -> None:
+        replies = self.lookups.pop(frame[1], None)
+        if replies is None:
+            raise ProtocolError(f"NOTFOUND for lookup {frame[1]} that was never asked")
+        replies.send_nowait(None)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.peer.label} {'closed' if self.closed else 'open'}>"
+
+
+def _unexpected(session: Session, frame: Frame) -> None:
+    raise ProtocolError(f"unexpected {Kind(frame[0]).name} frame")
+
+
+_HANDLERS: Final[dict[int, Callable[[Session, Frame], None]]] = {
+    Kind.OPEN: Session._on_open,
+    Kind.SEND: Session._on_send,
+    Kind.PUSH: Session._on_push,
+    Kind.RECV: Session._on_recv,
+    Kind.CANCEL: Session._on_cancel,
+    Kind.TAKEN: Session._on_taken,
+    Kind.REFUSED: Session._on_refused,
+    Kind.GRANT: Session._on_grant,
+    Kind.DENY: Session._on_deny,
+    Kind.CLOSE: Session._on_close,
+    Kind.RELEASE: Session._on_release,
+    Kind.RETURN: Session._on_return,
+    Kind.LOOKUP: Session._on_lookup,
+    Kind.ACK: Session._on_ack,
+    Kind.DELIVER: Session._on_deliver,
+    Kind.CLOSED: Session._on_closed,
+    Kind.CLAIM: Session._on_claim,
+    Kind.CANCELLED: Session._on_cancelled,
+    Kind.FAILED: Session._on_failed,
+    Kind.CREDIT: Session._on_credit,
+    Kind.FOUND: Session._on_found,
+    Kind.NOTFOUND: Session._on_notfound,
+    # connection control is handled by the protocol layer and never reaches a session
+    Kind.PING: _unexpected,
+    Kind.PONG: _unexpected,
+    Kind.GOAWAY: _unexpected,
+    Kind.PART: _unexpected,
+}

@@ -1,0 +1,430 @@
+"""``qchan.Node``: a peer in a cluster, hosting channels and reaching the channels of others.
+
+Theory of operation
+-------------------
+A node listens, dials the peers it was given (and keeps them dialled), and hands every
+authenticated link to a :class:`~qchan._session.Session` of the :class:`~qchan._peer.Peer` it
+leads to. Channels this node hosts are ordinary :class:`~qchan.Channel` objects; when one is
+first shown to another node (by name, through :meth:`Node.register` and a lookup, or inside a
+value), it gets an id in :class:`~qchan._home.Exports` and the peer gets a reference with
+capability tokens. References that arrive here become handles: a local channel's own handle if
+this node is its home, else a handle over a :class:`~qchan._client.RemoteEndpoint`.
+
+Values cross the network through :mod:`qchan._codec`; the two hooks that turn handles into
+references and back are :meth:`Node.encode_value` and :meth:`Node.decode_value`.
+
+Every wait on another node is bounded: links carry heartbeats (a silent peer is lost after
+``peer_timeout``), dials have deadlines, and an operation parked while a peer is unreachable
+fails with ``PeerLost`` once a dial has failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, Final, final
+
+import anyio
+import anyio.abc
+
+from qchan import _codec
+from qchan._channel import (
+    Channel,
+    ChannelState,
+    SendChannel,
+    _Handle,
+    _ReceiveView,
+    _SendView,
+)
+from qchan._client import RemoteEndpoint
+from qchan._errors import NotFound, PeerLost, QchanError
+from qchan._home import Exports
+from qchan._peer import Peer
+from qchan._refs import ChannelRef, TokenMinter
+from qchan._session import Session
+from qchan.crypto.keys import ClusterKey, NodeKey, fingerprint
+from qchan.protocol import ConnectionConfig, Hello, Rights
+from qchan.transport import Link, Listener, Transport, parse_address
+
+__all__ = ["Node", "PeerInfo"]
+
+log = logging.getLogger("qchan.node")
+
+_HOUSEKEEPING_PERIOD: Final = 0.25
+_REDIAL_MIN: Final = 0.1
+_REDIAL_MAX: Final = 2.0
+_LOOKUP_RETRY: Final = 0.25
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A peer as :meth:`Node.peers` reports it."""
+
+    name: str
+    public_key: bytes
+    address: str
+    connected: bool
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+
+def _rights_of(handle: _Handle) -> int:
+    if isinstance(handle, Channel):
+        return Rights.BOTH
+    return Rights.SEND if isinstance(handle, SendChannel) else Rights.RECEIVE
+
+
+def _handle(endpoint: Any, rights: int) -> _Handle:
+    if rights == Rights.BOTH:
+        return Channel._from_endpoint(endpoint)
+    if rights == Rights.SEND:
+        return _SendView(endpoint)
+    return _ReceiveView(endpoint)
+
+
+@final
+class Node:
+    """A qchan node: ``async with qchan.Node(cluster_key=ck) as node: ...``.
+
+    See API.md "Nodes and remote channels". Arguments are checked at once: a wrong type is a
+    ``TypeError``, an unusable value (a bad address) a ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        cluster_key: ClusterKey,
+        key: NodeKey | None = None,
+        name: str | None = None,
+        listen: str = "127.0.0.1:0",
+        peers: Iterable[str] = (),
+        discovery: bool = False,
+        trusted: Iterable[bytes] | None = None,
+        *,
+        heartbeat_interval: float = 1.0,
+        peer_timeout: float = 3.0,
+        max_value_size: int = _codec.DEFAULT_MAX_SIZE,
+    ) -> None:
+        if not isinstance(cluster_key, ClusterKey):
+            raise TypeError(
+                f"cluster_key must be a qchan.ClusterKey, not {type(cluster_key).__name__}"
+            )
+        if key is not None and not isinstance(key, NodeKey):
+            raise TypeError(f"key must be a qchan.NodeKey or None, not {type(key).__name__}")
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 255):
+            raise ValueError("name must be a non-empty string of at most 255 characters")
+        if isinstance(peers, str):
+            raise TypeError("peers must be a list of addresses, not a single string")
+        self._listen_at = parse_address(listen)
+        self._peer_addresses = [str(parse_address(address)) for address in peers]
+        self._trusted = None if trusted is None else frozenset(_public_key(k) for k in trusted)
+        if discovery:
+            raise NotImplementedError("discovery arrives with qchan.cluster")  # see issue 5
+        self.key = key if key is not None else NodeKey.generate()
+        self.name = name or f"{platform.node() or 'node'}-{os.getpid()}"
+        self._cluster_key = cluster_key
+        self._config = ConnectionConfig(
+            heartbeat_interval=heartbeat_interval,
+            peer_timeout=peer_timeout,
+            max_frame_size=max_value_size + 1024,
+        )
+        self._max_value_size = max_value_size
+        self._incarnation = os.urandom(16)
+        self.exports = Exports(TokenMinter(os.urandom(32)), self.key.public, self._incarnation, "")
+        self._registry: dict[str, _Handle] = {}
+        self._peers: dict[bytes, Peer] = {}
+        self._transport: Transport | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._listener: Listener | None = None
+        self._hello = Hello(self.name, self._incarnation)
+        self._running = False
+
+    # --- identity ----------------------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes:
+        return self.key.public
+
+    @property
+    def address(self) -> str:
+        """The address peers dial, e.g. ``"127.0.0.1:40123"`` (known once the node runs)."""
+        return self._listener.address if self._listener is not None else ""
+
+    def __repr__(self) -> str:
+        return f"<qchan.Node {self.name} {self.address or 'not running'}>"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        if self._running or self._transport is not None:
+            raise RuntimeError("a Node can be started once")
+        transport = Transport()
+        await transport.__aenter__()
+        self._transport = transport
+        tasks = anyio.create_task_group()
+        await tasks.__aenter__()
+        self._tasks = tasks
+        try:
+            listener = await transport.listen(
+                self._listen_at,
+                key=self.key,
+                cluster_key=self._cluster_key,
+                hello=self._hello,
+                on_link=self._on_link,
+                trusted=self._trusted,
+                config=self._config,
+            )
+            self._listener = listener
+            self._hello = Hello(self.name, self._incarnation, listener.address)
+            listener.params = replace(listener.params, hello=self._hello)
+            self.exports.address = listener.address
+            self._running = True
+            for address in self._peer_addresses:
+                tasks.start_soon(self._keep_dialled, address)
+            tasks.start_soon(self._housekeeping)
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # The body's exception (if any) propagates as itself: our own tasks never raise.
+        await self._stop()
+
+    async def _stop(self) -> None:
+        self._running = False
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            tasks.cancel_scope.cancel()
+            await tasks.__aexit__(None, None, None)
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.__aexit__(None, None, None)  # GOAWAY on every link
+        stopping = PeerLost("this node has stopped")
+        for peer in self._peers.values():
+            peer.fail_parked(stopping)
+
+    # --- channels and names ------------------------------------------------------------------
+
+    def register(self, name: str, channel: _Handle) -> None:
+        """Give a local channel (or view) a cluster-wide name; lookups get its rights.
+
+        Raises ``TypeError`` for a remote handle or a non-channel, ``ValueError`` for an
+        empty name, a name containing ``@``, or a name already registered here.
+        """
+        if not isinstance(name, str) or not name or "@" in name:
+            raise ValueError(f"a channel name must be a non-empty string without '@': {name!r}")
+        if not isinstance(channel, _Handle):
+            raise TypeError(f"register() takes a qchan channel, not {type(channel).__name__}")
+        if not isinstance(channel._endpoint, ChannelState):
+            raise TypeError("register() takes a channel hosted on this node, not a remote handle")
+        if name in self._registry and self._registry[name] != channel:
+            raise ValueError(f"a channel named {name!r} is already registered on this node")
+        self._registry[name] = channel
+
+    def ref_for_name(self, name: str, holder: bytes) -> bytes | None:
+        """A reference to the channel registered as ``name``, for the peer ``holder``."""
+        handle = self._registry.get(name)
+        if handle is None:
+            return None
+        state = handle._endpoint
+        assert isinstance(state, ChannelState)
+        return self.exports.ref(state, _rights_of(handle), holder).encode()
+
+    async def lookup(self, name: str, timeout: float = 5.0) -> Channel[Any]:  # noqa: ASYNC109
+        """Find the channel registered as ``name`` anywhere in the cluster.
+
+        ``"name@node"`` looks only on the node called ``node``. Waits up to ``timeout``
+        seconds (peers may connect, and names be registered, meanwhile). The handle has the
+        rights the channel was registered with (a registered ``sender()`` view arrives
+        send-only).
+
+        Raises:
+            NotFound: no such channel within ``timeout``.
+            ValueError: an empty name.
+        """
+        base, _, node_name = name.partition("@")
+        if not base:
+            raise ValueError(f"lookup() needs a channel name, got {name!r}")
+        replies: Channel[bytes | None] = Channel(math.inf)
+        with anyio.move_on_after(timeout):
+            while True:
+                if node_name in ("", self.name) and base in self._registry:
+                    return self._registry[base]  # type: ignore[return-value]
+                for peer in self._peers.values():
+                    session = peer.session
+                    if session is not None and node_name in ("", peer.name):
+                        session.lookup(base, replies)
+                with anyio.move_on_after(_LOOKUP_RETRY):
+                    while True:
+                        ref = await replies.receive()
+                        if ref is not None:
+                            return self._handle_from_ref(ref)  # type: ignore[return-value]
+        where = f"on node {node_name!r}" if node_name else "in the cluster"
+        raise NotFound(f"no channel named {base!r} {where} within {timeout} s")
+
+    async def connect(self, address: str) -> PeerInfo:
+        """Dial ``address`` now; return once the peer is authenticated.
+
+        Raises ``PeerLost`` if it cannot be reached, ``AuthenticationError`` if the handshake
+        fails, ``ValueError`` for a bad address.
+        """
+        link = await self._dial(address)
+        peer = self._peers[link.remote_key]
+        return self._info(peer)
+
+    def peers(self) -> list[PeerInfo]:
+        """The nodes this node knows of, connected or not."""
+        return [self._info(peer) for peer in self._peers.values() if peer.name]
+
+    @staticmethod
+    def _info(peer: Peer) -> PeerInfo:
+        return PeerInfo(peer.name, peer.key, peer.address, peer.connected)
+
+    # --- values: the codec's hooks -------------------------------------------------------------
+
+    def encode_value(self, value: Any, peer: Peer) -> bytes:
+        """``value``'s bytes for ``peer``; handles inside become references it can use."""
+
+        def reference(handle: _Handle) -> bytes:
+            endpoint = handle._endpoint
+            rights = _rights_of(handle)
+            if isinstance(endpoint, ChannelState):
+                return self.exports.ref(endpoint, rights, peer.key).encode()
+            if isinstance(endpoint, RemoteEndpoint):
+                return endpoint.ref.restricted(rights).encode()
+            raise TypeError(f"cannot send a {type(endpoint).__name__} channel")
+
+        return _codec.encode(value, channel_encoder=reference, max_size=self._max_value_size)
+
+    def decode_value(self, data: bytes) -> Any:
+        return _codec.decode(data, channel_decoder=self._handle_from_ref)
+
+    def _handle_from_ref(self, data: bytes) -> _Handle:
+        ref = ChannelRef.decode(data)
+        if ref.home == self.public_key:
+            state = self.exports.resolve(ref)
+            if state is None:
+                # Gone (or from an earlier run of this node): it can only act closed.
+                state = ChannelState(ref.capacity)
+                state.close()
+            return _handle(state, ref.rights)
+        peer = self._peers.get(ref.home)
+        if peer is None:
+            peer = self._peers[ref.home] = Peer(self, ref.home, ref.address)
+        elif not peer.address:
+            peer.address = ref.address
+        if peer.incarnation is not None and ref.incarnation != peer.incarnation:
+            endpoint = RemoteEndpoint(peer, ref)
+            endpoint.stale = True  # a reference minted by an earlier run of that node
+            return _handle(endpoint, ref.rights)
+        return _handle(peer.endpoint(ref), ref.rights)
+
+    # --- links -------------------------------------------------------------------------------
+
+    def _on_link(self, link: Link) -> None:
+        """An authenticated link (dialled or accepted): attach it to its peer."""
+        key, hello = link.remote_key, link.remote_hello
+        if key == self.public_key:
+            link.close()  # we dialled ourselves
+            return
+        if not self._running:
+            link.close()
+            return
+        peer = self._peers.get(key)
+        if peer is None:
+            peer = self._peers[key] = Peer(self, key)
+        if peer.incarnation is not None and peer.incarnation != hello.incarnation:
+            peer.restarted()
+        first = peer.session is None
+        peer.incarnation = hello.incarnation
+        peer.name = hello.name
+        if hello.address:
+            peer.address = hello.address
+        session = Session(self, peer, link)
+        link.start(session.on_frames, session.on_closed)
+        peer.attach(session)
+        if first:
+            log.info("peer %s joined (%s)", peer.label, peer.address or "inbound")
+
+    def peer_left(self, peer: Peer, error: QchanError) -> None:
+        if self._running:
+            log.info("peer %s left: %s", peer.label, error)
+
+    async def _dial(self, address: str, expected: bytes | None = None) -> Link:
+        if self._transport is None:
+            raise RuntimeError("the node is not running (use `async with Node(...)`)")
+        link = await self._transport.connect(
+            address,
+            key=self.key,
+            cluster_key=self._cluster_key,
+            hello=self._hello,
+            trusted=self._trusted,
+            expected_remote_key=expected,
+            config=self._config,
+        )
+        self._on_link(link)
+        return link
+
+    def need_connection(self, peer: Peer) -> None:
+        """Operations are parked for ``peer``: dial it (once at a time), or fail them."""
+        if peer.dialing:
+            return
+        if not peer.address or self._tasks is None:
+            peer.fail_parked(PeerLost(f"no connection to {peer.label}, and no address to dial"))
+            return
+        peer.dialing = True
+        self._tasks.start_soon(self._dial_for_parked, peer)
+
+    async def _dial_for_parked(self, peer: Peer) -> None:
+        try:
+            with anyio.fail_after(self._config.peer_timeout):
+                await self._dial(peer.address, expected=peer.key)
+        except (QchanError, TimeoutError, OSError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            peer.fail_parked(PeerLost(f"cannot reach {peer.label} at {peer.address}: {reason}"))
+        finally:
+            peer.dialing = False
+        if peer.parked and peer.session is None:  # the link came and went already
+            peer.fail_parked(PeerLost(f"lost the connection to {peer.label}"))
+
+    async def _keep_dialled(self, address: str) -> None:
+        """Dial a configured peer, and again whenever its link ends (with backoff)."""
+        delay = _REDIAL_MIN
+        while True:
+            try:
+                link = await self._dial(address)
+            except (QchanError, OSError) as exc:
+                log.debug("dialling %s failed: %s", address, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _REDIAL_MAX)
+                continue
+            delay = _REDIAL_MIN
+            await link.wait_closed()
+            await anyio.sleep(_REDIAL_MIN)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await anyio.sleep(_HOUSEKEEPING_PERIOD)
+            for peer in list(self._peers.values()):
+                peer.close_idle_duplicates()
+
+
+def _public_key(key: bytes | NodeKey) -> bytes:
+    if isinstance(key, NodeKey):
+        return key.public
+    if not isinstance(key, bytes | bytearray) or len(key) != 32:
+        raise ValueError("trusted must hold 32-byte public keys (or NodeKeys)")
+    return bytes(key)
