@@ -1,0 +1,1 @@
+"""Helpers that run qchan nodes in separate OS processes, for tests."""
