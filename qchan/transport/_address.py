@@ -73,6 +73,10 @@ def parse_address(text: str) -> Address:
         except ValueError:
             raise _bad(text, "expected an IPv6 address inside [ ]") from None
     elif ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _bad(text) from None
         raise _bad(text, "write an IPv6 address in brackets: [v6addr]:PORT")
     elif re.fullmatch(r"[0-9.]+", host):
         try:

@@ -9,7 +9,7 @@ protocol does ~47k round trips/s where an anyio stream does 6-8k.)
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from qchan._errors import QchanError
 from qchan.transport._address import Address
@@ -64,7 +64,7 @@ class ProtocolLink(Link, asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._transport = transport
         sock = transport.get_extra_info("socket")
         self.local_address = sock_text(sock)
