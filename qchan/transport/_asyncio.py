@@ -132,10 +132,14 @@ class ProtocolLink(Link, asyncio.Protocol):
             data = self._conn.data_to_send()
             if data:
                 transport.write(data)
-        if self._graceful and transport.can_write_eof():
-            transport.write_eof()  # the peer's EOF (eof_received) closes the transport
-        else:
-            transport.close()
+        try:
+            if self._graceful and transport.can_write_eof():
+                transport.write_eof()  # the peer's EOF (eof_received) closes the transport
+            else:
+                transport.close()
+        except TRANSPORT_ERRORS:  # ENOTCONN: the peer is already gone
+            transport.abort()
+            return
         self._linger = self._loop.call_later(CLOSE_LINGER, transport.abort)
 
     def _rearm_timer(self) -> None:
