@@ -170,10 +170,11 @@ class Link:
         """
         if self.closed:
             return
+        said_goaway = hasattr(self, "_conn") and self._conn.state is _OPEN
         if hasattr(self, "_conn"):
             self._conn.close(reason, text)
         why = f"{reason.name.lower()}: {text}" if text else reason.name.lower()
-        self._end(PeerLost(f"link closed locally ({why})"), graceful=True)
+        self._end(PeerLost(f"link closed locally ({why})"), graceful=said_goaway)
 
     def pause_reading(self) -> None:
         """Stop reading from the peer (backpressure): no ``on_frames`` until resumed.

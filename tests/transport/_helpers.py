@@ -30,6 +30,7 @@ OTHER_CLUSTER_KEY: Final = ClusterKey.from_bytes(bytes(range(140, 172)))
 SERVER_HELLO: Final = Hello(name="server", incarnation=b"server-1")
 CLIENT_HELLO: Final = Hello(name="client", incarnation=b"client-1")
 
+DEFAULT: Final = ConnectionConfig()
 FAST: Final = ConnectionConfig(handshake_timeout=0.3, heartbeat_interval=0.1, peer_timeout=0.3)
 """Short deadlines for the tests that wait for them."""
 
@@ -46,10 +47,10 @@ def closed_port() -> int:
     return port
 
 
-async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Poll ``condition`` every 5 ms until it is true; TimeoutError after ``timeout``."""
-    with anyio.fail_after(timeout):
-        while not condition():
+async def wait_for(condition: Callable[[], object], within: float = 5.0) -> None:
+    """Poll ``condition`` every 5 ms until it is true; TimeoutError after ``within`` s."""
+    with anyio.fail_after(within):
+        while not condition():  # noqa: ASYNC110 - callbacks change the state polled here
             await anyio.sleep(0.005)
 
 
@@ -128,7 +129,7 @@ class RawPeer:
         initiator: bool = True,
         key: NodeKey = CLIENT_KEY,
         cluster_key: ClusterKey = CLUSTER_KEY,
-        config: ConnectionConfig = ConnectionConfig(),
+        config: ConnectionConfig = DEFAULT,
     ) -> None:
         self.stream = stream
         self.conn = Connection(
@@ -162,10 +163,10 @@ class RawPeer:
                     if isinstance(event, HandshakeCompleted):
                         return
 
-    async def receive_until_closed(self, timeout: float) -> bytes:
-        """Read until the peer closes; all bytes read (fails if it takes beyond ``timeout``)."""
+    async def receive_until_closed(self, within: float) -> bytes:
+        """Read until the peer closes; all bytes read (fails if it takes beyond ``within`` s)."""
         received = bytearray()
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             try:
                 while True:
                     received += await self.stream.receive()

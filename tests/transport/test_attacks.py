@@ -22,10 +22,10 @@ async def dial(address: str) -> anyio.abc.SocketStream:
     return await anyio.connect_tcp(host, int(port))
 
 
-async def closed_within(stream: anyio.abc.SocketStream, timeout: float) -> float:
-    """Seconds until the peer closes ``stream`` (EOF or reset); fails after ``timeout``."""
+async def closed_within(stream: anyio.abc.SocketStream, within: float) -> float:
+    """Seconds until the peer closes ``stream`` (EOF or reset); fails after ``within`` s."""
     start = anyio.current_time()
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(within):
         try:
             while True:
                 await stream.receive()

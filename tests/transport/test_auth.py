@@ -54,7 +54,7 @@ async def test_listener_refuses_an_untrusted_dialler() -> None:
         link = await connect(transport, listener.address)
         inbox = Inbox()
         inbox.attach(link)
-        await wait_for(lambda: inbox.errors, timeout=2)
+        await wait_for(lambda: inbox.errors, within=2)
         assert isinstance(inbox.errors[0], PeerLost)
         assert server.links == []
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,13 +30,19 @@ async def test_silent_dialler_is_lost_after_peer_timeout() -> None:
         peer = await RawPeer.dial(listener.address)
         await peer.handshake()
         start = anyio.current_time()  # from here on the peer reads and says nothing
-        await wait_for(lambda: server.inboxes and server.inboxes[0].errors, timeout=2)
+        await wait_for(lambda: server.inboxes and server.inboxes[0].errors, within=2)
         elapsed = anyio.current_time() - start
         error = server.inboxes[0].errors[0]
         assert isinstance(error, PeerLost)
         assert "no word from the peer" in str(error)
         assert FAST.peer_timeout - 0.05 <= elapsed <= FAST.peer_timeout + SLACK, elapsed
         await peer.aclose()
+
+
+def local_address(sockets: anyio.abc.Listener[anyio.abc.SocketStream]) -> str:
+    name = sockets.extra(anyio.abc.SocketAttribute.local_address)
+    assert isinstance(name, tuple)
+    return f"{name[0]}:{name[1]}"
 
 
 @asynccontextmanager
@@ -54,8 +59,7 @@ async def silent_listener() -> AsyncIterator[str]:
     sockets = await anyio.create_tcp_listener(local_host="127.0.0.1")
     async with sockets, anyio.create_task_group() as tasks:
         tasks.start_soon(sockets.serve, serve)
-        host, port = sockets.extra(anyio.abc.SocketAttribute.local_address)
-        yield f"{host}:{port}"
+        yield local_address(sockets)
         tasks.cancel_scope.cancel()
     for peer in peers:
         await peer.aclose()
@@ -67,7 +71,7 @@ async def test_silent_listener_is_lost_after_peer_timeout() -> None:
         start = anyio.current_time()
         inbox = Inbox()
         inbox.attach(link)
-        await wait_for(lambda: inbox.errors, timeout=2)
+        await wait_for(lambda: inbox.errors, within=2)
         elapsed = anyio.current_time() - start
         assert isinstance(inbox.errors[0], PeerLost)
         assert elapsed <= FAST.peer_timeout + SLACK, elapsed
@@ -83,10 +87,9 @@ async def test_handshake_that_never_completes_is_reported_as_unreachable() -> No
             accepted.append(stream)  # accepts and says nothing
 
         tasks.start_soon(sockets.serve, mute)
-        host, port = sockets.extra(anyio.abc.SocketAttribute.local_address)
         async with Transport() as transport:
             with pytest.raises(PeerLost, match=r"cannot reach .*handshake did not complete"):
-                await connect(transport, f"{host}:{port}", config=FAST)
+                await connect(transport, local_address(sockets), config=FAST)
         tasks.cancel_scope.cancel()
     await sockets.aclose()
     for stream in accepted:
@@ -116,33 +119,31 @@ anyio.run(main)
 async def test_stopped_process_is_lost_after_peer_timeout() -> None:
     from ._helpers import CLUSTER_KEY
 
-    process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, bytes(CLUSTER_KEY).hex()],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        with anyio.fail_after(10):
-            address = (await anyio.to_thread.run_sync(process.stdout.readline)).strip()
-        async with Transport() as transport:
-            link = await connect(transport, address, config=FAST)
-            inbox = Inbox()
-            inbox.attach(link)
-            await anyio.sleep(3 * FAST.peer_timeout)
-            assert inbox.errors == []  # alive: pings answered
-            os.kill(process.pid, signal.SIGSTOP)
-            start = anyio.current_time()
-            await wait_for(lambda: inbox.errors, timeout=2)
-            elapsed = anyio.current_time() - start
-            assert isinstance(inbox.errors[0], PeerLost)
-            assert elapsed <= FAST.peer_timeout + SLACK, elapsed
-    finally:
-        os.kill(process.pid, signal.SIGCONT)
-        process.kill()
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+    async with await anyio.open_process(
+        [sys.executable, "-c", CHILD, bytes(CLUSTER_KEY).hex()], stderr=None
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = b""
+            with anyio.fail_after(10):
+                while not line.endswith(b"\n"):
+                    line += await process.stdout.receive()
+            async with Transport() as transport:
+                link = await connect(transport, line.decode().strip(), config=FAST)
+                inbox = Inbox()
+                inbox.attach(link)
+                await anyio.sleep(3 * FAST.peer_timeout)
+                assert inbox.errors == []  # alive: pings answered
+                os.kill(process.pid, signal.SIGSTOP)
+                start = anyio.current_time()
+                await wait_for(lambda: inbox.errors, within=2)
+                elapsed = anyio.current_time() - start
+                assert isinstance(inbox.errors[0], PeerLost)
+                assert elapsed <= FAST.peer_timeout + SLACK, elapsed
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+            await process.wait()
 
 
 async def test_idle_link_stays_up_across_many_timeouts() -> None:
