@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
+import sniffio
 from anyio.abc import SocketAttribute
 
 from qchan._errors import PeerLost, QchanError
@@ -40,14 +41,17 @@ __all__ = ["connect", "listen"]
 
 class StreamLink(Link):
     __slots__ = (
+        "_backlog",
         "_done",
         "_eof",
+        "_raw",
         "_registry",
         "_resumed",
         "_stream",
         "_timer_scope",
         "_wake",
         "_write_scope",
+        "_writing",
     )
 
     def __init__(
@@ -64,6 +68,12 @@ class StreamLink(Link):
         self._registry = registry
         sock = stream.extra(SocketAttribute.raw_socket, None)
         set_nodelay(sock)
+        # On trio the stream's socket is a plain non-blocking socket that only our writer
+        # uses: the read path may write to it directly (see _flush_after_read). On asyncio
+        # the stream has a transport with a buffer of its own, which must not be bypassed.
+        self._raw = sock if sniffio.current_async_library() == "trio" else None
+        self._writing = False
+        self._backlog = b""
         self.local_address = sock_text(sock)
         if not initiator:
             self.remote_address = peer_text(sock)
@@ -119,17 +129,23 @@ class StreamLink(Link):
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     self._flush_scheduled = False
-                    data = conn.data_to_send()
-                    if data:
-                        await stream.send(data)
-                data = conn.data_to_send()
-                if data:
-                    await stream.send(data)
+                    await self._write(stream, conn.data_to_send())
+                await self._write(stream, conn.data_to_send())
                 if self._graceful:
                     await stream.send_eof()
                     await self._eof.wait()
             except TRANSPORT_ERRORS as exc:
                 self._lost(exc)
+
+    async def _write(self, stream: anyio.abc.SocketStream, data: bytes) -> None:
+        if self._backlog:
+            data, self._backlog = self._backlog + data, b""
+        if data:
+            self._writing = True
+            try:
+                await stream.send(data)
+            finally:
+                self._writing = False
 
     async def _timer_loop(self) -> None:
         clock = anyio.current_time
@@ -156,9 +172,30 @@ class StreamLink(Link):
         self._wake.set()
 
     def _flush_after_read(self) -> None:
-        # The writer runs after the tasks made runnable in this turn: it seals everything the
-        # read produced, and whatever else is sent before it runs, into one write.
-        self._wake.set()
+        raw = self._raw
+        if raw is None or self._writing or self._backlog:
+            # The writer runs after the tasks made runnable in this turn: it seals everything
+            # the read produced, and whatever else is sent before it runs, into one write.
+            self._wake.set()
+            return
+        # Write what the read produced from here, as asyncio's transport.write() does: no
+        # task switch on the request/reply path. What the socket does not take now (its
+        # buffer is full) goes to the writer; the reader never blocks on a write.
+        self._flush_scheduled = False
+        data = self._conn.data_to_send()
+        if not data:
+            return
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if sent < len(data):
+            self._backlog = data[sent:]
+            self._flush_scheduled = True
+            self._wake.set()
 
     def _shutdown(self) -> None:
         if self._timer_scope is not None:
