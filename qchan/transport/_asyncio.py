@@ -193,7 +193,7 @@ async def listen(
     def factory() -> ProtocolLink:
         return ProtocolLink(
             loop,
-            params,
+            listener.params,  # (the node may update the hello once the address is known)
             registry=registry,
             listener=listener,
             waiter=listener._handshake_finished,
