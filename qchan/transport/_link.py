@@ -170,9 +170,10 @@ class Link:
         """
         if self.closed:
             return
-        said_goaway = hasattr(self, "_conn") and self._conn.state is _OPEN
-        if hasattr(self, "_conn"):
-            self._conn.close(reason, text)
+        conn: Connection | None = getattr(self, "_conn", None)  # None: not connected yet
+        said_goaway = conn is not None and conn.state is _OPEN
+        if conn is not None:
+            conn.close(reason, text)
         why = f"{reason.name.lower()}: {text}" if text else reason.name.lower()
         self._end(PeerLost(f"link closed locally ({why})"), graceful=said_goaway)
 

@@ -124,6 +124,8 @@ class StreamLink(Link):
         conn = self._conn
         with anyio.CancelScope() as scope:
             self._write_scope = scope
+            if self.closed:  # closed before this task ran: _shutdown found no scope to bound
+                scope.deadline = anyio.current_time() + CLOSE_LINGER
             try:
                 while not self.closed:
                     await self._wake.wait()
