@@ -282,3 +282,25 @@ async def test_transport_must_be_entered() -> None:
     transport = Transport()
     with pytest.raises(RuntimeError, match="not entered"):
         await listen(transport, on_link=Server())
+
+
+def raw_socket(link: Link) -> socket.socket:
+    """The link's socket, from the backend's private attributes (tests only)."""
+    transport = getattr(link, "_transport", None)
+    if transport is not None:
+        sock: socket.socket = transport.get_extra_info("socket")
+        return sock
+    from anyio.abc import SocketAttribute
+
+    return link._stream.extra(SocketAttribute.raw_socket)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_tcp_nodelay_on_both_ends() -> None:
+    server = Server()
+    async with Transport() as transport:
+        listener = await listen(transport, on_link=server)
+        link = await connect(transport, listener.address)
+        await wait_for(lambda: server.links)
+        for end in (link, server.links[0]):
+            assert raw_socket(end).getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        link.close()
