@@ -20,7 +20,9 @@ class Listener:
     ``address`` is the address really bound (port 0 resolved), e.g. ``"127.0.0.1:40123"`` or
     ``"unix:/run/qchan.sock"``. Use as an async context manager, or call :meth:`aclose`.
     Closing a listener stops accepting and aborts the handshakes in progress; links already
-    handed to ``on_link`` belong to the node and stay open.
+    handed to ``on_link`` belong to the node and stay open. ``params`` is what every accepted
+    connection is made with; replacing it (say, to put the bound address into the hello)
+    applies to the connections accepted from then on.
     """
 
     __slots__ = (
