@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 import qchan
@@ -54,6 +55,27 @@ async def _shut_out(victim: qchan.Node, intruder: qchan.Node, secret: qchan.Chan
     assert not connected_to(intruder, victim)
 
 
+class Watch:
+    """Polls ``victim.peers()`` every few ms until stopped: who was ever listed.
+
+    (Stopped by a flag, not by cancelling its task group: nodes entered after it would
+    then be left inside a cancelled scope.)
+    """
+
+    def __init__(self, victim: qchan.Node) -> None:
+        self.victim = victim
+        self.seen: set[bytes] = set()
+        self.stopped = False
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        for _ in range(int(BOUND / 0.002)):
+            self.seen.update(p.public_key for p in self.victim.peers())
+            if self.stopped:
+                return
+            await anyio.sleep(0.002)
+
+
 async def _still_serves(victim: qchan.Node, friend: qchan.Node, secret: Any) -> None:
     """``friend`` (admitted) can use ``secret`` both ways."""
     handle = await friend.lookup("secret", timeout=BOUND)
@@ -77,6 +99,9 @@ async def test_a_node_with_the_wrong_cluster_key_is_shut_out() -> None:
             friend = await stack.enter_async_context(
                 make_node(ck, "friend", peers=[victim.address])
             )
+            watch = Watch(victim)
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            await tasks.start(watch.run)
             # The intruder also keeps dialling the victim in the background, as configured.
             intruder = await stack.enter_async_context(
                 make_node(qchan.ClusterKey.generate(), "intruder", peers=[victim.address])
@@ -85,7 +110,10 @@ async def test_a_node_with_the_wrong_cluster_key_is_shut_out() -> None:
             await _shut_out(victim, intruder, secret)
             await _still_serves(victim, friend, secret)
             assert [p.name for p in victim.peers()] == ["friend"]
-            assert intruder.peers() == [] or not any(p.connected for p in intruder.peers())
+            assert not any(p.connected for p in intruder.peers())
+            assert intruder.public_key not in watch.seen
+            assert friend.public_key in watch.seen
+            watch.stopped = True
 
 
 async def test_a_node_the_victim_does_not_trust_is_shut_out_when_the_victim_dials() -> None:
@@ -124,6 +152,9 @@ async def test_a_node_the_victim_does_not_trust_is_shut_out_when_it_dials() -> N
             )
             secret: qchan.Channel[Any] = qchan.Channel(0)
             victim.register("secret", secret)
+            watch = Watch(victim)
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            await tasks.start(watch.run)
             stranger = await stack.enter_async_context(
                 make_node(ck, "stranger", peers=[victim.address])
             )
@@ -139,6 +170,8 @@ async def test_a_node_the_victim_does_not_trust_is_shut_out_when_it_dials() -> N
             )
             await _still_serves(victim, friend, secret)
             assert [p.name for p in victim.peers()] == ["friend"]
+            assert stranger.public_key not in watch.seen
+            watch.stopped = True
 
 
 @pytest.mark.xfail(

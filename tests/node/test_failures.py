@@ -162,6 +162,49 @@ async def test_every_operation_waiting_on_a_home_that_stops_fails_at_once() -> N
                 await at_other["buffered"].receive()
 
 
+async def test_a_node_that_stops_takes_its_waiting_operations_with_it() -> None:
+    """The home forgets a departed node's receives and sends: no ghost takes a value."""
+    with anyio.fail_after(BOUND):
+        async with AsyncExitStack() as stack:
+            ck = qchan.ClusterKey.generate()
+            home = await stack.enter_async_context(make_node(ck, "home"))
+            inbox: qchan.Channel[Any] = qchan.Channel(0)
+            outbox: qchan.Channel[Any] = qchan.Channel(0)
+            home.register("inbox", inbox)
+            home.register("outbox", outbox)
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            hosted = Hosted(make_node(ck, "away"))
+            away = await tasks.start(hosted.run)
+            await away.connect(home.address)
+            outbox_at_away = await away.lookup("outbox")
+            inbox_at_away = await away.lookup("inbox")
+            async with anyio.create_task_group() as tg:
+                ops = Outcomes(tg)
+                ops.start("receive", outbox_at_away.receive)
+                ops.start("send", partial(inbox_at_away.send, "from a node that left"))
+                await wait_for(
+                    lambda: (
+                        (outbox.statistics().waiting_receivers, inbox.statistics().waiting_senders)
+                        == (1, 1)
+                    )
+                )
+                await hosted.stop()
+            for name, (error, _) in ops.ended.items():
+                assert isinstance(error, qchan.PeerLost), f"{name}: {error!r}"
+            await wait_for(
+                lambda: (
+                    (outbox.statistics().waiting_receivers, inbox.statistics().waiting_senders)
+                    == (0, 0)
+                ),
+                within=PROMPT,
+            )
+            with anyio.move_on_after(0.2) as nobody:
+                await outbox.send("for nobody")
+            assert nobody.cancelled_caught, "a node that left took a value"
+            with pytest.raises(qchan.WouldBlock):
+                inbox.receive_nowait()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: on a clean shutdown the home never tells senders their values were not "

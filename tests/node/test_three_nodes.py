@@ -157,6 +157,82 @@ async def test_a_handle_passed_on_twice_talks_to_its_home_directly(
 
 
 @pytest.mark.parametrize("capacity", [0, 3])
+async def test_the_third_node_can_close_the_channel_it_was_passed(capacity: int) -> None:
+    with anyio.fail_after(BOUND):
+        async with AsyncExitStack() as stack:
+            nodes = ThreeNodes(stack, qchan.ClusterKey.generate())
+            await nodes.start()
+            target: qchan.Channel[Any] = qchan.Channel(capacity)
+            at_c = await nodes.relay(target, _in_list)
+            received: list[Any] = []
+            async with anyio.create_task_group() as tg:
+
+                async def drain_at_a() -> None:
+                    async for value in target:
+                        received.append(value)
+
+                tg.start_soon(drain_at_a)
+                for i in range(capacity + 2):
+                    await at_c.send(i)
+                at_c.close()
+            assert received == list(range(capacity + 2))
+            assert target.closed
+            with pytest.raises(qchan.ChannelClosed):
+                await at_c.receive()
+            assert at_c.closed
+
+
+@pytest.mark.parametrize(
+    "capacity",
+    [
+        0,
+        pytest.param(
+            3,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: a send on a buffered remote handle after that handle's own close() "
+                "returns (it goes out under credit) and the home buffers it in the closed channel",
+            ),
+        ),
+    ],
+)
+async def test_a_send_after_closing_the_channel_raises(capacity: int) -> None:
+    with anyio.fail_after(BOUND):
+        async with AsyncExitStack() as stack:
+            _, _, (to_b, to_b_away), _ = await _two_nodes(stack)
+            channel: qchan.Channel[Any] = qchan.Channel(capacity)
+            at_b = _out(await _pass(to_b, to_b_away, _in_dict(channel)))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(at_b.send, "before close")  # (credit comes with the answer)
+                assert await channel.receive() == "before close"
+            await settle()
+            at_b.close()
+            await settle()
+            assert channel.closed
+            try:
+                with pytest.raises(qchan.ChannelClosed):
+                    await at_b.send("after close")
+            finally:
+                await settle()
+                assert channel.statistics().buffered == 0, "a value got in after close"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a remote handle's `closed` stays False after its own close() until some "
+    "later operation on it hears CLOSED from the home",
+)
+async def test_a_remote_handle_knows_it_closed_its_channel() -> None:
+    with anyio.fail_after(BOUND):
+        async with AsyncExitStack() as stack:
+            _, _, (to_b, to_b_away), _ = await _two_nodes(stack)
+            channel: qchan.Channel[Any] = qchan.Channel(0)
+            at_b = _out(await _pass(to_b, to_b_away, _in_dict(channel)))
+            at_b.close()
+            assert at_b.closed
+
+
+@pytest.mark.parametrize("capacity", [0, 3])
 async def test_the_middle_node_may_leave_before_the_handle_is_used(capacity: int) -> None:
     with anyio.fail_after(BOUND):
         async with AsyncExitStack() as stack:
