@@ -11,7 +11,10 @@ already expired or expiring mid-handoff. What must hold whatever the interleavin
 - afterwards no waiter is left queued at any home.
 
 Each trial uses fresh channels with random capacities (0 and buffered). A trial's seed is in
-every failure message; ``QCHAN_SELECT_SEED=<seed>`` reruns just that trial.
+every failure message; ``QCHAN_SELECT_SEED=<seed>`` reruns that trial's choices (the timing is
+the machine's). A call that ignores its deadline (the xfail tests below pin the bugs that do
+that) is freed after a grace period by receiving at the homes, so every trial ends; what those
+receives get counts as received, so the tally stays exact.
 """
 
 from __future__ import annotations
@@ -177,13 +180,16 @@ class Cluster:
 
                 tasks.append(run)
         homes = [x, y, local]
-        with anyio.fail_after(60):
+        with anyio.fail_after(20):
             async with anyio.create_task_group() as rescue:
                 rescue.start_soon(_rescue, homes, tally, ITERATIONS * 0.02 + GRACE)
                 async with anyio.create_task_group() as tg:
                     for task in tasks:
                         tg.start_soon(task)
                 rescue.cancel_scope.cancel()
+            # A round trip on every link that carried sends: each home has read them all.
+            for node, name in ((b, "x"), (c, "x"), (a, "y"), (b, "y")):
+                await node.lookup(f"{name}{seed}")
             await _drain(homes, tally)
         for channel, label in ((x, "X"), (y, "Y"), (local, "L")):
             stats = channel.statistics()
