@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar, final
 
 from qchan._errors import ChannelClosed, PermissionDenied, QchanError, WouldBlock
-from qchan._operation import Operation, Waiter, checkpoint
+from qchan._operation import PENDING, Operation, Waiter, checkpoint
 
 __all__ = [
     "NOT_READY",
@@ -108,6 +108,11 @@ class SenderWaiting(Protocol):
         """The value was taken, or moved into the buffer: the send is done."""
         ...
 
+    def returned(self) -> bool:
+        """A committed handoff fell through (the receiver refused or was gone): the sender is
+        free again (a select may now do another case). True if it should be queued again."""
+        ...
+
     def fail(self, error: QchanError) -> None:
         """The send failed (the channel closed, say); its value was not delivered."""
         ...
@@ -164,6 +169,10 @@ class _SendWaiter(_LocalWaiter):
     def complete(self) -> None:
         self.op.finish(self.index)
 
+    def returned(self) -> bool:
+        self.op.unclaim()
+        return bool(self.op.state == PENDING)
+
     def fail(self, error: QchanError) -> None:
         self.op.finish(self.index, error=error)
 
@@ -204,6 +213,7 @@ class ChannelState:
         "export_id",
         "in_flight",
         "in_flight_buffered",
+        "on_close",
         "receivers",
         "reserved",
         "senders",
@@ -219,6 +229,7 @@ class ChannelState:
         self.in_flight_buffered = 0  # ... of which values taken from the buffer
         self.reserved = 0  # buffer slots promised to remote senders (credits)
         self.export_id: int | None = None  # set by the node that exports this channel
+        self.on_close: Callable[[ChannelState], None] | None = None  # tells remote holders
 
     @property
     def capacity(self) -> float:
@@ -300,6 +311,8 @@ class ChannelState:
         senders = self.senders
         while senders:
             senders.popleft().fail(_closed_error())
+        if self.on_close is not None:
+            self.on_close(self)
 
     # --- for the node: remote waiters and handoffs ----------------------------------------
 
@@ -349,7 +362,7 @@ class ChannelState:
                     self.in_flight_buffered += 1
             elif sender is None:  # that receiver was gone: the value goes back
                 buffer.appendleft(value)
-            else:
+            elif sender.returned():
                 self.senders.appendleft(sender)
         self._refill()
         if self._closed and receivers and self._drained():
@@ -371,7 +384,7 @@ class ChannelState:
             sender.complete()
         elif self._closed:
             sender.fail(_closed_error())
-        else:
+        elif sender.returned():
             self.senders.appendleft(sender)
         self.match()
 

@@ -21,7 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Final, final
 
 from qchan._channel import NOT_READY, ChannelStatistics
-from qchan._errors import ChannelClosed, PeerLost
+from qchan._errors import ChannelClosed, PeerLost, QchanError
 from qchan._operation import Operation, Waiter
 from qchan._refs import ChannelRef
 from qchan.protocol.frames import Mode
@@ -182,7 +182,9 @@ class RemoteEndpoint:
 
     def close(self) -> None:
         self._check_usable()
-        self.peer.close_channel(self)
+        if not self.closed_hint:
+            self.peer.close_channel(self)
+            self.shut()
 
     # --- credits ----------------------------------------------------------------------------
 
@@ -207,7 +209,13 @@ class RemoteEndpoint:
                 client.status = PARKED
                 self.peer.submit(client)
 
-    def fail_credit_waiters(self, error: PeerLost) -> None:
+    def shut(self) -> None:
+        """The home closed the channel: no more credit, and sends waiting for it fail."""
+        self.closed_hint = True
+        self.credits = 0
+        self.fail_credit_waiters(ChannelClosed("send on a closed channel"))
+
+    def fail_credit_waiters(self, error: QchanError) -> None:
         """The link died with sends waiting for credit: they were never sent."""
         waiters, self.credit_waiters = self.credit_waiters, deque()
         for client in waiters:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import weakref
+from collections.abc import Callable
 from typing import Any, Final, Protocol, final
 
 from qchan._channel import ChannelState, SenderWaiting
@@ -67,10 +68,11 @@ def error_frame(op_id: int, error: QchanError) -> Frame:
 class RemoteSender:
     """A peer's send, queued at one of our channels."""
 
-    __slots__ = ("claim", "op_id", "session", "state", "value")
+    __slots__ = ("claim", "mode_select", "op_id", "session", "state", "value")
 
     op = None
     synchronous = False
+    pending = None  # (a sender has nothing in flight of its own)
 
     def __init__(
         self, session: HomeSession, op_id: int, state: ChannelState, value: Any, mode: int
@@ -80,7 +82,8 @@ class RemoteSender:
         self.state = state
         self.value = value
         # A select's send must be claimed (CLAIM/GRANT) before it is handed over.
-        self.claim = _UNASKED if mode == Mode.SELECT else _GRANTED
+        self.mode_select = mode == Mode.SELECT
+        self.claim = _UNASKED if self.mode_select else _GRANTED
 
     def commit(self) -> bool | None:
         if self.claim == _GRANTED:
@@ -92,7 +95,16 @@ class RemoteSender:
 
     def granted(self) -> None:
         self.claim = _GRANTED
-        self.state.match()
+        state = self.state
+        state.match()
+        if self.claim == _GRANTED and self in state.senders:
+            self.returned()  # the receiver that prompted the claim left: free the select
+
+    def returned(self) -> bool:
+        if self.claim == _GRANTED and self.mode_select:
+            self.claim = _UNASKED
+            self.session.send([Kind.UNCLAIM, self.op_id])
+        return True
 
     def complete(self) -> None:
         self.session.served(self.op_id)
@@ -185,6 +197,7 @@ class Exports:
         "_holders",
         "_ids",
         "_minter",
+        "_on_close",
         "_strong",
         "_weak",
         "address",
@@ -192,8 +205,16 @@ class Exports:
         "incarnation",
     )
 
-    def __init__(self, minter: TokenMinter, home: bytes, incarnation: bytes, address: str) -> None:
+    def __init__(
+        self,
+        minter: TokenMinter,
+        home: bytes,
+        incarnation: bytes,
+        address: str,
+        on_close: Callable[[ChannelState], None],
+    ) -> None:
         self._minter = minter
+        self._on_close = on_close  # an exported channel was closed: its holders hear of it
         self.home = home
         self.incarnation = incarnation
         self.address = address
@@ -211,6 +232,7 @@ class Exports:
         if chan is None:
             chan = state.export_id = next(self._ids)
             self._weak[chan] = state
+            state.on_close = self._on_close
         self._strong[chan] = state
         self._holders.setdefault(chan, set()).add(holder)
         send, receive = self._minter.tokens(chan, rights)

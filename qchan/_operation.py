@@ -8,6 +8,7 @@ with one case). Whoever can serve a waiter later (another task, or a message fro
 tries to finish the operation through it. The operation moves through::
 
     PENDING ──claim(i)──> CLAIMED(i) ──finish──> DONE
+       │  ^ └──unclaim()─┘   (the handoff fell through: the other cases are queued again)
        │  └──────────────finish(i)──────────────> DONE
        └──withdraw()──> WITHDRAWN           (the task was cancelled before any case happened)
 
@@ -71,10 +72,23 @@ class Waiter:
 class Operation:
     """A blocked call: at most one of its cases happens, exactly once."""
 
-    __slots__ = ("_wake", "cases", "error", "index", "ok", "state", "value", "waiters")
+    __slots__ = (
+        "_wake",
+        "cancelling",
+        "cases",
+        "error",
+        "index",
+        "ok",
+        "requeue",
+        "state",
+        "value",
+        "waiters",
+    )
 
     def __init__(self, cases: int = 1) -> None:
         self.cases = cases  # a lone case may be claimed at once: nothing else can happen
+        self.cancelling = False  # the task was cancelled while a case was claimed
+        self.requeue: Callable[[int], None] | None = None  # queues all cases but one again
         self.state: int = PENDING
         self.index = -1
         self.value: Any = None
@@ -128,10 +142,29 @@ class Operation:
     def cancel_claimed(self) -> None:
         """Ask the claimed case's waiter to give the case up (see :meth:`Waiter.cancel_claimed`)."""
         if self.state == CLAIMED:
-            for waiter in self.waiters:
+            self.cancelling = True
+            for waiter in reversed(self.waiters):  # the latest waiter of that case
                 if waiter.index == self.index:
                     waiter.cancel_claimed()
                     return
+
+    def unclaim(self) -> None:
+        """The claimed case's handoff fell through before it happened: pending again.
+
+        The other cases are queued again (``requeue``). If the task was cancelled meanwhile,
+        the operation is withdrawn instead and the task wakes to raise the cancellation.
+        """
+        if self.state != CLAIMED:
+            return
+        index = self.index
+        self.state = PENDING
+        self.index = -1
+        if self.cancelling:
+            self.withdraw()
+            if self._wake is not None:
+                self._wake()
+        elif self.requeue is not None:
+            self.requeue(index)
 
     def abandon(self) -> None:
         """The claimed case was given up after a cancellation: wake the task to raise it."""

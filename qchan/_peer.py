@@ -198,8 +198,11 @@ class Peer:
     def restarted(self) -> None:
         """The peer came back as a new process: whatever we held of the old one is void."""
         log.info("%s restarted", self.label)
+        gone = PeerLost(f"{self.label} restarted: its channels are gone; look them up again")
         for endpoint in list(self.endpoints.values()):
             endpoint.stale = True
+            endpoint.fail_credit_waiters(gone)
+        self.fail_parked(gone)  # (they would OPEN with tokens the new run never issued)
         self.endpoints.clear()
         self.streaming.clear()
         self.credit_accounts.clear()

@@ -135,10 +135,21 @@ async def select(
             return index, value, ok
     if default:
         return -1, None, False
-    op = Operation()
-    for index in order:
-        cases[index]._wait(op, index)
-        if op.state != PENDING:
-            break  # a case was settled while queueing (a remote one can be)
+    op = Operation(len(cases))
+
+    def queue_cases(skip: int) -> None:
+        for index in order:
+            if index != skip:
+                cases[index]._wait(op, index)
+                if op.state != PENDING:
+                    break  # a case was settled while queueing (a remote one can be)
+
+    try:
+        queue_cases(-1)
+    except BaseException:
+        op.withdraw()  # a case could not be queued (say, a value that cannot be sent)
+        raise
+    if len(cases) > 1:
+        op.requeue = queue_cases  # if a claimed send falls through, the others come back
     await op.wait()
     return op.result()

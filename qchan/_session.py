@@ -25,6 +25,7 @@ from qchan._client import CANCELLING, SENT, ClientOp, RemoteEndpoint
 from qchan._errors import (
     ChannelClosed,
     DeliveryUncertain,
+    PeerLost,
     ProtocolError,
     QchanError,
     error_for_code,
@@ -53,6 +54,7 @@ class Session:
         "_credit_dirty",
         "_ids",
         "_paused",
+        "_peer_ids_seen",
         "closed",
         "grants",
         "home_ops",
@@ -81,6 +83,7 @@ class Session:
         self.grants: dict[int, tuple[ChannelState | None, int]] = {}
         self._credit_dirty: set[int] = set()
         self._paused = False
+        self._peer_ids_seen = 0  # above every operation id the peer has used
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -184,6 +187,18 @@ class Session:
         self.grants.clear()
         self.peer.detach(self, error)
 
+    def goodbye(self, text: str) -> None:
+        """This node is stopping: settle what can be settled, then close the link.
+
+        The peer's operations still queued here were never handed over: they fail with a
+        plain PeerLost now, rather than as uncertain when the link drops.
+        """
+        for op_id, waiter in list(self.home_ops.items()):
+            if waiter.pending is None and waiter.withdraw():
+                self.served(op_id)
+                self.send(error_frame(op_id, PeerLost(f"{text}; the operation did not happen")))
+        self.link.close(GoawayReason.SHUTDOWN, text)
+
     # --- home side helpers ---------------------------------------------------------------
 
     def served(self, op_id: int) -> None:
@@ -196,6 +211,8 @@ class Session:
         if op_id in self.home_ops:
             raise ProtocolError(f"operation id {op_id} is already in use")
         self.home_ops[op_id] = waiter
+        if op_id >= self._peer_ids_seen:
+            self._peer_ids_seen = op_id + 1
         if not self._paused and len(self.home_ops) > MAX_OUTSTANDING:
             self._paused = True  # backpressure: nothing is dropped, the peer just waits
             self.link.pause_reading()
@@ -239,7 +256,8 @@ class Session:
     def _on_open(self, frame: Frame) -> None:
         _, chan, rights, tokens = frame
         state = self.node.exports.open(chan, rights, tokens, self.peer.key)
-        self.grants[chan] = (state, rights)
+        earlier = self.grants.get(chan)
+        self.grants[chan] = (state, rights | earlier[1] if earlier else rights)
 
     def _on_send(self, frame: Frame) -> None:
         _, op_id, chan, mode, data = frame
@@ -316,19 +334,28 @@ class Session:
         waiter = self._delivery(frame)
         waiter.state.delivery_answered(waiter, False)
 
-    def _claimed(self, frame: Frame) -> RemoteSender:
-        waiter = self.home_ops.get(frame[1])
+    def _claimed(self, frame: Frame) -> RemoteSender | None:
+        op_id = frame[1]
+        if op_id not in self.home_ops:
+            # Answered already: our CLAIM crossed the peer's CANCEL, or the channel closed.
+            if op_id >= self._peer_ids_seen:
+                raise ProtocolError(f"{Kind(frame[0]).name} for operation {op_id}: never sent")
+            return None
+        waiter = self.home_ops[op_id]
         if not isinstance(waiter, RemoteSender) or waiter.claim != 1:
-            raise ProtocolError(f"{Kind(frame[0]).name} for operation {frame[1]}: never claimed")
+            raise ProtocolError(f"{Kind(frame[0]).name} for operation {op_id}: never claimed")
         return waiter
 
     def _on_grant(self, frame: Frame) -> None:
-        self._claimed(frame).granted()
+        waiter = self._claimed(frame)
+        if waiter is not None:
+            waiter.granted()
 
     def _on_deny(self, frame: Frame) -> None:
         waiter = self._claimed(frame)
-        waiter.withdraw()
-        self.served(frame[1])
+        if waiter is not None:
+            waiter.withdraw()
+            self.served(frame[1])
 
     def _on_close(self, frame: Frame) -> None:
         state = self._channel(frame[1], Rights.SEND)
@@ -426,6 +453,17 @@ class Session:
         if client is not None:
             client.op.finish(client.index, error=error_for_code(code)(text))
 
+    def _on_unclaim(self, frame: Frame) -> None:
+        client = self.ops.get(frame[1])
+        if client is not None and client.granted:
+            client.granted = False
+            client.op.unclaim()
+
+    def _on_shut(self, frame: Frame) -> None:
+        endpoint = self.peer.endpoints.get(frame[1])
+        if endpoint is not None:
+            endpoint.shut()
+
     def _on_credit(self, frame: Frame) -> None:
         _, chan, acked, grant = frame
         endpoint = self.peer.endpoints.get(chan)
@@ -476,6 +514,8 @@ _HANDLERS: Final[dict[int, Callable[[Session, Frame], None]]] = {
     Kind.CANCELLED: Session._on_cancelled,
     Kind.FAILED: Session._on_failed,
     Kind.CREDIT: Session._on_credit,
+    Kind.UNCLAIM: Session._on_unclaim,
+    Kind.SHUT: Session._on_shut,
     Kind.FOUND: Session._on_found,
     Kind.NOTFOUND: Session._on_notfound,
     # connection control is handled by the protocol layer and never reaches a session

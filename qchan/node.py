@@ -48,7 +48,7 @@ from qchan._peer import Peer
 from qchan._refs import ChannelRef, TokenMinter
 from qchan._session import Session
 from qchan.crypto.keys import ClusterKey, NodeKey, fingerprint
-from qchan.protocol import ConnectionConfig, Hello, Rights
+from qchan.protocol import ConnectionConfig, Hello, Kind, Rights
 from qchan.transport import Link, Listener, Transport, parse_address
 
 __all__ = ["Node", "PeerInfo"]
@@ -137,7 +137,9 @@ class Node:
         )
         self._max_value_size = max_value_size
         self._incarnation = os.urandom(16)
-        self.exports = Exports(TokenMinter(os.urandom(32)), self.key.public, self._incarnation, "")
+        self.exports = Exports(
+            TokenMinter(os.urandom(32)), self.key.public, self._incarnation, "", self._shut
+        )
         self._registry: dict[str, _Handle] = {}
         self._peers: dict[bytes, Peer] = {}
         self._transport: Transport | None = None
@@ -204,17 +206,26 @@ class Node:
         await self._stop()
 
     async def _stop(self) -> None:
-        self._running = False
+        was_running, self._running = self._running, False
+        if was_running:
+            goodbye = f"{self.name} is shutting down"
+            for peer in self._peers.values():
+                for session in list(peer.sessions):
+                    session.goodbye(goodbye)  # answers what it can, then GOAWAY
         tasks, self._tasks = self._tasks, None
-        if tasks is not None:
-            tasks.cancel_scope.cancel()
-            await tasks.__aexit__(None, None, None)
         transport, self._transport = self._transport, None
-        if transport is not None:
-            await transport.__aexit__(None, None, None)  # GOAWAY on every link
-        stopping = PeerLost("this node has stopped")
-        for peer in self._peers.values():
-            peer.fail_parked(stopping)
+        try:
+            if tasks is not None:
+                tasks.cancel_scope.cancel()
+                await tasks.__aexit__(None, None, None)
+        finally:
+            # Even when cancelled from outside (a deadline around the node): every task
+            # group is left, in order, or the event loop is left in a broken state.
+            if transport is not None:
+                await transport.__aexit__(None, None, None)
+            stopping = PeerLost("this node has stopped")
+            for peer in self._peers.values():
+                peer.fail_parked(stopping)
 
     # --- channels and names ------------------------------------------------------------------
 
@@ -358,6 +369,14 @@ class Node:
         peer.attach(session)
         if first:
             log.info("peer %s joined (%s)", peer.label, peer.address or "inbound")
+
+    def _shut(self, state: ChannelState) -> None:
+        """An exported channel was closed: tell every peer that opened it (credits end)."""
+        chan = state.export_id
+        for peer in self._peers.values():
+            for session in peer.sessions:
+                if chan in session.grants:
+                    session.send([Kind.SHUT, chan])
 
     def peer_left(self, peer: Peer, error: QchanError) -> None:
         if self._running:

@@ -63,6 +63,7 @@ __all__ = [
 
 PROTOCOL_VERSION: Final = 1
 _LENGTH: Final = struct.Struct(">H")
+_LAST_CONTROL_KIND: Final = int(Kind.PART)  # connection control kinds are numbered first
 _MAX_NAME_LEN: Final = 255
 _MESSAGE_1_LEN: Final = DHLEN + TAGLEN
 """Handshake message 1 is exactly this long: ``e`` and the tag of its empty payload."""
@@ -255,8 +256,14 @@ class Connection:
         """
         if self.state is State.CLOSED:
             return []
-        inbox = self._inbox
-        inbox += data
+        # Parse straight from `data` when nothing is left over from before (the usual case);
+        # only an incomplete tail is kept in the inbox.
+        inbox: bytes | bytearray
+        if self._inbox:
+            self._inbox += data
+            inbox = self._inbox
+        else:
+            inbox = data
         events: list[Event] = []
         frames: list[Frame] = []
         offset, size = 0, len(inbox)
@@ -276,14 +283,24 @@ class Connection:
                 self._last_heard = now
                 if self._cipher is None:
                     self._receive_handshake(message, events)
-                elif self._receive_frames(self._cipher.decrypt(message), frames, events):
+                    continue
+                plaintext = self._cipher.decrypt(message)
+                if self.state is State.HANDSHAKING:
+                    self._confirmed(events)
+                if self._receive_frames(plaintext, frames, events):
                     break  # a GOAWAY ends the stream
         except (AuthenticationError, ProtocolError) as exc:
             self._terminate(exc, events, frames)
             return events
-        del inbox[:offset]
+        if inbox is self._inbox:
+            del self._inbox[:offset]
+        elif offset < size:
+            self._inbox += data[offset:]
         if frames:
-            events.insert(self._first_frames_position(events), FramesReceived(frames))
+            if events:  # frames come before a GOAWAY that followed them
+                events.insert(self._first_frames_position(events), FramesReceived(frames))
+            else:
+                events.append(FramesReceived(frames))
         return events
 
     @staticmethod
@@ -305,16 +322,29 @@ class Connection:
             self._cipher = handshake.transport()
             self.remote_key = handshake.remote_static
             self.remote_hello = hello
-            self.state = State.OPEN
-            events.append(HandshakeCompleted(self.remote_key, hello))
+            if not self.initiator:
+                # The responder has judged the initiator (message 3): it is in. Its first
+                # transport message (a PING) tells the initiator so.
+                self._confirmed(events)
+                self.send([Kind.PING, 0])
+            # The initiator waits for that message: a responder that does not trust it
+            # closes instead, and the dialler learns it was refused, not merely dropped.
         if reply is not None:
             self._write_message(reply)
+
+    def _confirmed(self, events: list[Event]) -> None:
+        assert self.remote_key is not None
+        assert self.remote_hello is not None
+        self.state = State.OPEN
+        events.append(HandshakeCompleted(self.remote_key, self.remote_hello))
 
     def _receive_frames(self, plaintext: bytes, frames: list[Frame], events: list[Event]) -> bool:
         """Collect the frames of one message; True if it ended the connection (GOAWAY)."""
         for frame in self._decoder.decode(plaintext):
             kind = frame[0]
-            if kind == Kind.PING:
+            if kind > _LAST_CONTROL_KIND:  # the common case: a frame for the node
+                frames.append(frame)
+            elif kind == Kind.PING:
                 self.send([Kind.PONG, frame[1]])
             elif kind == Kind.PONG:
                 pass  # hearing anything at all is what counts
@@ -325,8 +355,6 @@ class Connection:
                     ConnectionTerminated(PeerLost(f"peer closed the connection: {frame[2]}"))
                 )
                 return True
-            else:
-                frames.append(frame)
         return False
 
     def _terminate(self, error: QchanError, events: list[Event], frames: list[Frame]) -> None:

@@ -15,7 +15,7 @@ of the code may trust the shape of what it gets.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import msgpack
 
@@ -75,6 +75,8 @@ class Kind(IntEnum):
     CANCELLED = 0x34  # [op]                  the CANCEL won: the operation did not happen
     FAILED = 0x35  # [op, code, text]         the operation was refused (error code)
     CREDIT = 0x36  # [chan, acked, grant]     PUSHes up to seq `acked` are in; `grant` more
+    UNCLAIM = 0x37  # [op]                    a GRANT could not be used: the select is free
+    SHUT = 0x38  # [chan]                     the channel was closed: credits on it are void
 
 
 class Mode(IntEnum):
@@ -130,6 +132,8 @@ SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
     Kind.CANCELLED: (int,),
     Kind.FAILED: (int, int, str),
     Kind.CREDIT: (int, int, int),
+    Kind.UNCLAIM: (int,),
+    Kind.SHUT: (int,),
 }
 """Each kind's field types, in order, after the kind itself. All ints are unsigned 64-bit."""
 
@@ -140,8 +144,34 @@ PART_OVERHEAD: Final = 1 + 1 + 9 + 5
 """Bytes a PART frame adds around its chunk: array header, kind, total (uint64), bin32 header."""
 
 
+# Per kind, the exact types of the whole frame (kind included) and where its ints are: the
+# common case is checked with one tuple comparison (this runs for every frame received).
+_SIGNATURES: Final[dict[int, tuple[type, ...]]] = {
+    int(kind): (int, *schema) for kind, schema in SCHEMAS.items()
+}
+_INT_FIELDS: Final[dict[int, tuple[int, ...]]] = {
+    int(kind): tuple(i for i, t in enumerate(schema, 1) if t is int)
+    for kind, schema in SCHEMAS.items()
+}
+_PART: Final = int(Kind.PART)
+
+
 def validate(frame: object) -> Frame:
     """Return ``frame`` if it is a well-formed frame, else raise :class:`ProtocolError`."""
+    if type(frame) is list and frame:
+        kind = frame[0]
+        signature = _SIGNATURES.get(kind) if type(kind) is int else None
+        if signature is not None and tuple(map(type, frame)) == signature:
+            for position in _INT_FIELDS[kind]:
+                if not 0 <= frame[position] <= _MAX_UINT:
+                    break
+            else:
+                return frame
+    _refuse(frame)
+
+
+def _refuse(frame: object) -> NoReturn:
+    """Raise the ProtocolError that says precisely what is wrong with ``frame``."""
     if type(frame) is not list or not frame:
         raise ProtocolError(f"a frame must be a non-empty array, got {type(frame).__name__}")
     kind = frame[0]
@@ -158,7 +188,7 @@ def validate(frame: object) -> Frame:
                 f"{Kind(kind).name} frame field {position} must be "
                 f"{'an unsigned int' if expected is int else expected.__name__}, got {field!r:.40}"
             )
-    return frame
+    raise ProtocolError("malformed frame")  # unreachable: validate() found a fault
 
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
@@ -216,7 +246,7 @@ class FrameDecoder:
             for obj in unpacker:
                 end = tell()
                 frame = validate(obj)
-                if frame[0] == Kind.PART:
+                if frame[0] == _PART:
                     whole = self._add_part(frame)
                     if whole is not None:
                         frames.append(self._decode_whole(whole))

@@ -174,11 +174,6 @@ async def test_a_node_the_victim_does_not_trust_is_shut_out_when_it_dials() -> N
             watch.stopped = True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Node.connect() to a node that does not trust us returns a PeerInfo "
-    "(XX: the dialler finishes its handshake at message 3, before the listener refuses it)",
-)
 async def test_connect_to_a_node_that_does_not_trust_us_raises() -> None:
     with anyio.fail_after(BOUND):
         async with AsyncExitStack() as stack:

@@ -205,11 +205,6 @@ async def test_a_node_that_stops_takes_its_waiting_operations_with_it() -> None:
                 inbox.receive_nowait()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a clean shutdown the home never tells senders their values were not "
-    "taken: a send still queued there gets DeliveryUncertain, not PeerLost",
-)
 @pytest.mark.parametrize("capacity", [0, 1])
 async def test_a_send_the_stopping_home_never_handed_over_raises_plain_peer_lost(
     capacity: int,
@@ -395,11 +390,6 @@ async def test_a_restarted_home_serves_fresh_handles_and_old_ones_are_stale() ->
         await _restarted_home_scenario(away_keeps_dialling=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an old handle used while no link is up dials the restarted home and OPENs "
-    "with the old run's tokens: the home calls it forged and closes the link (PROTOCOL_ERROR)",
-)
 async def test_using_a_stale_handle_first_does_not_break_the_link_to_the_restarted_home() -> None:
     with anyio.fail_after(BOUND):
         await _restarted_home_scenario(away_keeps_dialling=False)

@@ -73,12 +73,6 @@ print("done")
         "asyncio",
         pytest.param(
             "trio",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: on trio, leaving `async with Node` inside a cancelled scope (a "
-                "fail_after that fired) raises Cancelled out of Node._stop before the transport "
-                "is exited: TrioInternalError, nursery misnesting",
-            ),
         ),
     ],
 )

@@ -12,7 +12,7 @@ already expired or expiring mid-handoff. What must hold whatever the interleavin
 
 Each trial uses fresh channels with random capacities (0 and buffered). A trial's seed is in
 every failure message; ``QCHAN_SELECT_SEED=<seed>`` reruns that trial's choices (the timing is
-the machine's). A call that ignores its deadline (the xfail tests below pin the bugs that do
+the machine's). A call that ignores its deadline (the tests below pin the bugs that did
 that) is freed after a grace period by receiving at the homes, so every trial ends; what those
 receives get counts as received, so the tally stays exact.
 """
@@ -262,11 +262,6 @@ async def _two_nodes(stack: AsyncExitStack) -> tuple[qchan.Node, qchan.Node]:
     return a, b
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a select's remote send case is sent as a PLAIN send and claims the whole "
-    "select at once (select() makes Operation() with cases=1), withdrawing its other cases",
-)
 @pytest.mark.parametrize("other", ["local", "remote"])
 async def test_a_select_with_a_remote_send_case_still_takes_another_ready_case(
     other: str,
@@ -300,11 +295,6 @@ async def test_a_select_with_a_remote_send_case_still_takes_another_ready_case(
             assert x.statistics().waiting_senders == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a remote receiver REFUSEs a handoff from a blocked local sender, the "
-    "sender is queued again still CLAIMED: its task ignores cancellation until a receiver comes",
-)
 async def test_a_sender_whose_handoff_was_refused_can_still_be_cancelled() -> None:
     with anyio.fail_after(10):
         async with AsyncExitStack() as stack:
@@ -342,11 +332,6 @@ async def test_a_sender_whose_handoff_was_refused_can_still_be_cancelled() -> No
             assert returned[refused][0] == "cancelled"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a local select whose send case a remote receiver REFUSEd stays committed to "
-    "that send: its other cases were withdrawn and are never queued again",
-)
 async def test_a_select_whose_handoff_was_refused_still_waits_on_all_its_cases() -> None:
     with anyio.fail_after(10):
         async with AsyncExitStack() as stack:

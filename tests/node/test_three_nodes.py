@@ -188,11 +188,6 @@ async def test_the_third_node_can_close_the_channel_it_was_passed(capacity: int)
         0,
         pytest.param(
             3,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a send on a buffered remote handle after that handle's own close() "
-                "returns (it goes out under credit) and the home buffers it in the closed channel",
-            ),
         ),
     ],
 )
@@ -217,11 +212,6 @@ async def test_a_send_after_closing_the_channel_raises(capacity: int) -> None:
                 assert channel.statistics().buffered == 0, "a value got in after close"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a remote handle's `closed` stays False after its own close() until some "
-    "later operation on it hears CLOSED from the home",
-)
 async def test_a_remote_handle_knows_it_closed_its_channel() -> None:
     with anyio.fail_after(BOUND):
         async with AsyncExitStack() as stack:
