@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar, final
 
 from qchan._errors import ChannelClosed, PermissionDenied, QchanError, WouldBlock
-from qchan._operation import PENDING, Operation, Waiter, checkpoint
+from qchan._operation import (
+    PENDING,
+    Operation,
+    Waiter,
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+)
 
 __all__ = [
     "NOT_READY",
@@ -62,6 +69,12 @@ class ChannelStatistics:
 
 class Endpoint(Protocol):
     """What handles and ``select`` need of a channel, wherever its state lives."""
+
+    local: bool
+    """True for a channel hosted here. Operations on it yield *before* acting, like anyio's
+    memory streams (a consumer then finds the producer's next value instead of sleeping);
+    remote operations wait for the network anyway, so they only check for cancellation first
+    and yield after an immediate success."""
 
     @property
     def capacity(self) -> float: ...
@@ -218,6 +231,8 @@ class ChannelState:
         "reserved",
         "senders",
     )
+
+    local = True
 
     def __init__(self, capacity: float) -> None:
         self._capacity = capacity
@@ -542,10 +557,16 @@ class SendChannel(_Handle, Generic[T]):
             ChannelClosed: the channel is closed, or was closed while this call waited (the
                 value is then not delivered).
         """
-        await checkpoint()
         endpoint = self._endpoint
-        if endpoint.poll_send(value):
-            return
+        if endpoint.local:
+            await checkpoint()
+            if endpoint.poll_send(value):
+                return
+        else:
+            await checkpoint_if_cancelled()
+            if endpoint.poll_send(value):
+                await cancel_shielded_checkpoint()
+                return
         op = Operation()
         endpoint.wait_send(op, 0, value)
         await op.wait()
@@ -595,9 +616,15 @@ class ReceiveChannel(_Handle, Generic[T]):
         Raises:
             ChannelClosed: the channel is closed and drained (now or while this call waited).
         """
-        await checkpoint()
         endpoint = self._endpoint
-        ready, value, ok = endpoint.poll_receive()
+        if endpoint.local:
+            await checkpoint()
+            ready, value, ok = endpoint.poll_receive()
+        else:
+            await checkpoint_if_cancelled()
+            ready, value, ok = endpoint.poll_receive()
+            if ready:
+                await cancel_shielded_checkpoint()
         if not ready:
             op = Operation()
             endpoint.wait_receive(op, 0)

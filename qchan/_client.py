@@ -93,6 +93,8 @@ class RemoteEndpoint:
         "unacked",
     )
 
+    local = False
+
     def __init__(self, peer: Peer, ref: ChannelRef) -> None:
         self.peer = peer
         self.ref = ref

@@ -29,13 +29,26 @@ The wait itself is backend-specific because it is the hot path: an asyncio futur
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
 import sniffio
 
-__all__ = ["CLAIMED", "DONE", "PENDING", "WITHDRAWN", "Operation", "Waiter", "checkpoint"]
+_library: Final = sniffio.thread_local  # trio sets .name while it runs
+
+__all__ = [
+    "CLAIMED",
+    "DONE",
+    "PENDING",
+    "WITHDRAWN",
+    "Operation",
+    "Waiter",
+    "cancel_shielded_checkpoint",
+    "checkpoint",
+    "checkpoint_if_cancelled",
+]
 
 PENDING: Final = 0
 CLAIMED: Final = 1
@@ -73,7 +86,8 @@ class Operation:
     """A blocked call: at most one of its cases happens, exactly once."""
 
     __slots__ = (
-        "_wake",
+        "_future",
+        "_trio_task",
         "cancelling",
         "cases",
         "error",
@@ -95,7 +109,8 @@ class Operation:
         self.ok = True
         self.error: BaseException | None = None
         self.waiters: list[Waiter] = []
-        self._wake: Callable[[], object] | None = None
+        self._future: asyncio.Future[None] | None = None  # what the task sleeps on (asyncio)
+        self._trio_task: Any = None  # ... or the sleeping trio task
 
     def claim(self, index: int) -> bool:
         """Bind the operation to case ``index`` and withdraw every other case.
@@ -127,8 +142,7 @@ class Operation:
         self.value = value
         self.ok = ok
         self.error = error
-        if self._wake is not None:
-            self._wake()
+        self._wake()
         return True
 
     def withdraw(self) -> bool:
@@ -161,8 +175,7 @@ class Operation:
         self.index = -1
         if self.cancelling:
             self.withdraw()
-            if self._wake is not None:
-                self._wake()
+            self._wake()
         elif self.requeue is not None:
             self.requeue(index)
 
@@ -170,8 +183,7 @@ class Operation:
         """The claimed case was given up after a cancellation: wake the task to raise it."""
         if self.state == CLAIMED:
             self.state = WITHDRAWN
-            if self._wake is not None:
-                self._wake()
+            self._wake()
 
     def _withdraw_all_but(self, index: int) -> None:
         waiters = self.waiters
@@ -192,33 +204,36 @@ class Operation:
         """Sleep until the operation is done (see the module docstring for cancellation)."""
         if self.state == DONE:
             return
-        if sniffio.current_async_library() == "trio":
+        if _library.name == "trio":
             await _wait_trio(self)
-        else:
-            await _wait_asyncio(self)
+            return
+        # asyncio (and uvloop), inline: this is the per-operation path.
+        future = self._future = asyncio.get_running_loop().create_future()
+        try:
+            await future
+            return
+        except asyncio.CancelledError as exc:
+            if self.withdraw():
+                raise
+            cancellation = exc
+        await _see_claimed_case_through(self, cancellation)
+
+    def _wake(self) -> None:
+        future = self._future
+        if future is not None:
+            if not future.done():
+                future.set_result(None)
+        elif self._trio_task is not None:
+            _trio_reschedule(self._trio_task)
 
 
-async def _wait_asyncio(op: Operation) -> None:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    op._wake = wake
-    try:
-        await future
-        return
-    except asyncio.CancelledError as exc:
-        if op.withdraw():
-            raise
-        cancellation = exc
-    # A case was claimed or done before the cancellation reached us: see it through. The
-    # cancel scope stays cancelled, so the caller's next checkpoint raises if we return.
+async def _see_claimed_case_through(op: Operation, cancellation: BaseException) -> None:
+    # asyncio: a case was claimed or done before the cancellation reached us. A claimed case
+    # is asked to give up; the task sleeps, shielded, until it finished or was given up.
     op.cancel_claimed()
+    loop = asyncio.get_running_loop()
     while op.state == CLAIMED:
-        future = loop.create_future()
+        future = op._future = loop.create_future()
         with anyio.CancelScope(shield=True):
             try:
                 await future
@@ -226,32 +241,77 @@ async def _wait_asyncio(op: Operation) -> None:
                 continue  # a bare task.cancel(): still finish what was started
     if op.state == WITHDRAWN:
         raise cancellation
+    _keep_cancellation()
+
+
+def _keep_cancellation() -> None:
+    """A call returns normally although its task was cancelled: don't let the cancel be lost.
+
+    Inside a cancelled anyio scope nothing is needed (anyio cancels the task again at its next
+    await). A bare ``task.cancel()`` (``asyncio.wait_for``, say) is one-shot: re-arm it.
+    """
+    if anyio.current_effective_deadline() != -math.inf:
+        task = asyncio.current_task()
+        if task is not None:
+            task.cancel()
 
 
 async def _wait_trio(op: Operation) -> None:
-    import trio
+    task = op._trio_task = _trio_current_task()
 
-    task = trio.lowlevel.current_task()
-    op._wake = lambda: trio.lowlevel.reschedule(task)
-
-    def abort(_: object) -> trio.lowlevel.Abort:
+    def abort(_: object) -> Any:
         # Runs synchronously when a cancel arrives: withdrawal and the decision are atomic.
         if op.withdraw():
-            return trio.lowlevel.Abort.SUCCEEDED
+            return _TRIO_ABORT_SUCCEEDED
         op.cancel_claimed()
-        return trio.lowlevel.Abort.FAILED  # claimed: finish() or abandon() reschedules us
+        return _TRIO_ABORT_FAILED  # claimed: finish(), abandon() or unclaim() reschedules us
 
-    await trio.lowlevel.wait_task_rescheduled(abort)
+    del task
+    await _trio_wait_task_rescheduled(abort)
     if op.state == WITHDRAWN:
-        # Abandoned after a cancellation: the scope is still cancelled, so this raises it.
-        await trio.lowlevel.checkpoint()
+        # Given up after a cancellation: the scope is still cancelled, so this raises it.
+        await _trio_checkpoint()
+
+
+async def checkpoint_if_cancelled() -> None:
+    """Raise a pending cancellation, without letting other tasks run if there is none."""
+    if _library.name == "trio":
+        await _trio_checkpoint_if_cancelled()
+    else:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+
+async def cancel_shielded_checkpoint() -> None:
+    """Let other tasks run, after an operation that completed: a cancellation arriving now is
+    not raised here (the operation is done) but at the task's next checkpoint."""
+    if _library.name == "trio":
+        await _trio_cancel_shielded_checkpoint()
+        return
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        _keep_cancellation()
 
 
 async def checkpoint() -> None:
     """Let other tasks run and deliver a pending cancellation, as every blocking call should."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        await trio.lowlevel.checkpoint()
+    if _library.name == "trio":
+        await _trio_checkpoint()
     else:
         await asyncio.sleep(0)
+
+
+# trio is imported only if installed; these names are used only when trio is running.
+try:
+    import trio as _trio
+except ImportError:  # pragma: no cover - trio is optional
+    pass
+else:
+    _trio_current_task = _trio.lowlevel.current_task
+    _trio_reschedule = _trio.lowlevel.reschedule
+    _trio_wait_task_rescheduled = _trio.lowlevel.wait_task_rescheduled
+    _trio_checkpoint = _trio.lowlevel.checkpoint
+    _trio_checkpoint_if_cancelled = _trio.lowlevel.checkpoint_if_cancelled
+    _trio_cancel_shielded_checkpoint = _trio.lowlevel.cancel_shielded_checkpoint
+    _TRIO_ABORT_SUCCEEDED = _trio.lowlevel.Abort.SUCCEEDED
+    _TRIO_ABORT_FAILED = _trio.lowlevel.Abort.FAILED

@@ -15,7 +15,12 @@ from typing import Any, Final, Generic, TypeVar, final
 
 from qchan._channel import NOT_READY, ReceiveChannel, SendChannel
 from qchan._errors import PermissionDenied
-from qchan._operation import PENDING, Operation, checkpoint
+from qchan._operation import (
+    PENDING,
+    Operation,
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+)
 
 __all__ = ["RecvCase", "SendCase", "recv", "select", "send"]
 
@@ -127,13 +132,15 @@ async def select(
             )
     if not cases and not default:
         raise ValueError("select() with no cases and no default would wait forever")
-    await checkpoint()
+    await checkpoint_if_cancelled()
     order = _random_order(len(cases))
     for index in order:
         ready, value, ok = cases[index]._poll()
         if ready:
+            await cancel_shielded_checkpoint()
             return index, value, ok
     if default:
+        await cancel_shielded_checkpoint()
         return -1, None, False
     op = Operation(len(cases))
 
