@@ -68,7 +68,7 @@ def error_frame(op_id: int, error: QchanError) -> Frame:
 class RemoteSender:
     """A peer's send, queued at one of our channels."""
 
-    __slots__ = ("claim", "mode_select", "op_id", "session", "state", "value")
+    __slots__ = ("cancel_requested", "claim", "mode_select", "op_id", "session", "state", "value")
 
     op = None
     synchronous = False
@@ -84,6 +84,7 @@ class RemoteSender:
         # A select's send must be claimed (CLAIM/GRANT) before it is handed over.
         self.mode_select = mode == Mode.SELECT
         self.claim = _UNASKED if self.mode_select else _GRANTED
+        self.cancel_requested = False  # a CANCEL came while it was being handed over
 
     def commit(self) -> bool | None:
         if self.claim == _GRANTED:
@@ -101,6 +102,10 @@ class RemoteSender:
             self.returned()  # the receiver that prompted the claim left: free the select
 
     def returned(self) -> bool:
+        if self.cancel_requested:  # the handoff fell through: now the CANCEL can win
+            self.session.served(self.op_id)
+            self.session.send([Kind.CANCELLED, self.op_id])
+            return False
         if self.claim == _GRANTED and self.mode_select:
             self.claim = _UNASKED
             self.session.send([Kind.UNCLAIM, self.op_id])

@@ -277,8 +277,8 @@ async def checkpoint_if_cancelled() -> None:
     """Raise a pending cancellation, without letting other tasks run if there is none."""
     if _library.name == "trio":
         await _trio_checkpoint_if_cancelled()
-    else:
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        return
+    await anyio.lowlevel.checkpoint_if_cancelled()
 
 
 async def cancel_shielded_checkpoint() -> None:

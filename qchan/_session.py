@@ -234,20 +234,22 @@ class Session:
             self.grant_credits(state.export_id)
 
     def grant_credits(self, chan: int) -> None:
-        """Confirm credited sends received and top up the peer's credits on ``chan``.
+        """Top up the peer's credits on ``chan`` once half are used, confirming what arrived.
 
-        Every batch of credited sends gets an answer (the peer's next sends wait for it).
+        A peer that has used all its credits always gets an answer, even without new credit
+        (its next sends wait for it, then go as plain sends). Otherwise confirmations ride
+        along with top-ups: about one CREDIT frame per half a target's worth of sends.
         """
         grant = self.grants.get(chan)
         state = grant[0] if grant is not None and grant[1] & Rights.SEND else None
         account = self.peer.credit_account(chan)
         new = 0
         if state is not None and state.capacity and not state.closed:  # (a rendezvous: never)
-            wanted = credit_target(state.capacity) - account.granted
-            if wanted > 0:
-                new = state.reserve(wanted)
+            target = credit_target(state.capacity)
+            if account.granted <= target // 2:
+                new = state.reserve(target - account.granted)
                 account.granted += new
-        if new or account.acked != account.last_seq:
+        if new or (account.granted == 0 and account.acked != account.last_seq):
             account.acked = account.last_seq
             self.send([Kind.CREDIT, chan, account.last_seq, new])
 
@@ -313,11 +315,15 @@ class Session:
     def _on_cancel(self, frame: Frame) -> None:
         op_id = frame[1]
         waiter = self.home_ops.get(op_id)
-        if waiter is not None and waiter.withdraw():
+        if waiter is None:
+            return
+        if waiter.withdraw():
             self.served(op_id)
             if isinstance(waiter, RemoteSender):
                 self.send([Kind.CANCELLED, op_id])
-        # else: it is being handed over already; its outcome will be reported as usual
+        elif isinstance(waiter, RemoteSender):
+            # Being handed over: if the receiver takes it, ACK as usual; if not, CANCELLED.
+            waiter.cancel_requested = True
 
     def _delivery(self, frame: Frame) -> RemoteReceiver:
         waiter = self.home_ops.get(frame[1])

@@ -403,6 +403,10 @@ class Connection:
         self._outbox += _LENGTH.pack(len(message))
         self._outbox += message
 
+    def queued_bytes(self) -> int:
+        """How much is waiting for :meth:`data_to_send` (frames not sealed, and sealed bytes)."""
+        return len(self._pending) + len(self._outbox)
+
     def data_to_send(self) -> bytes:
         """Everything ready for the wire, sealing the frames queued since the last call."""
         if self._pending:

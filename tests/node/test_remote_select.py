@@ -12,8 +12,8 @@ already expired or expiring mid-handoff. What must hold whatever the interleavin
 
 Each trial uses fresh channels with random capacities (0 and buffered). A trial's seed is in
 every failure message; ``QCHAN_SELECT_SEED=<seed>`` reruns that trial's choices (the timing is
-the machine's). A call that ignores its deadline (the tests below pin the bugs that did
-that) is freed after a grace period by receiving at the homes, so every trial ends; what those
+the machine's). A call that ignores its deadline is a failure (reported as overdue); it is
+also freed after a grace period by receiving at the homes, so every trial ends; what those
 receives get counts as received, so the tally stays exact.
 """
 
@@ -245,6 +245,7 @@ async def test_select_across_nodes_never_loses_or_duplicates() -> None:
     assert tally.calls >= len(seeds) * 6 * ITERATIONS
     assert tally.cancelled > tally.calls // 10
     assert sum(tally.sent.values()) > tally.calls // 10
+    assert not tally.overdue, f"calls that ignored their deadline: {tally.overdue[:5]}"
     print(
         f"{len(seeds)} trials, {tally.calls} calls, {tally.cancelled} cancelled, "
         f"{sum(tally.sent.values())} sent, {tally.rescued} rescued, {len(tally.overdue)} overdue"
