@@ -36,8 +36,10 @@ class Peer:
     __slots__ = (
         "__weakref__",
         "address",
+        "candidates",
         "credit_accounts",
         "dialing",
+        "discovered",
         "endpoints",
         "incarnation",
         "key",
@@ -59,6 +61,8 @@ class Peer:
         self.sessions: list[Session] = []  # every open link (a duplicate drains here)
         self.parked: list[ClientOp] = []  # operations waiting for a link
         self.dialing = False
+        self.discovered = False  # announced by discovery and kept dialled while it is
+        self.candidates: list[str] = []  # addresses discovery gave for it
         self.endpoints: weakref.WeakValueDictionary[int, RemoteEndpoint] = (
             weakref.WeakValueDictionary()
         )

@@ -59,6 +59,25 @@ _HOUSEKEEPING_PERIOD: Final = 0.25
 _REDIAL_MIN: Final = 0.1
 _REDIAL_MAX: Final = 2.0
 _LOOKUP_RETRY: Final = 0.25
+_MAX_DISCOVERED_PEERS: Final = 1024
+
+
+@final
+class _DialBudget:
+    """At most a few dials a second to discovered peers, however many are announced."""
+
+    __slots__ = ("_next",)
+    _INTERVAL: Final = 0.05
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    async def take(self) -> None:
+        now = anyio.current_time()
+        wait = self._next - now
+        self._next = max(now, self._next) + self._INTERVAL
+        if wait > 0:
+            await anyio.sleep(wait)
 
 
 @final
@@ -125,8 +144,11 @@ class Node:
         self._listen_at = parse_address(listen)
         self._peer_addresses = [str(parse_address(address)) for address in peers]
         self._trusted = None if trusted is None else frozenset(_public_key(k) for k in trusted)
-        if discovery:
-            raise NotImplementedError("discovery arrives with qchan.cluster")  # see issue 5
+        if not isinstance(discovery, bool):
+            raise TypeError("discovery must be True or False")
+        self._discovery_wanted = discovery
+        self._discovery: Any = None  # qchan.cluster.discovery.Discovery while running
+        self._dial_budget = _DialBudget()
         self.key = key if key is not None else NodeKey.generate()
         self.name = name or f"{platform.node() or 'node'}-{os.getpid()}"
         self._cluster_key = cluster_key
@@ -191,6 +213,19 @@ class Node:
             for address in self._peer_addresses:
                 tasks.start_soon(self._keep_dialled, address)
             tasks.start_soon(self._housekeeping)
+            if self._discovery_wanted:
+                # The one place the node reaches up into qchan.cluster: zeroconf lives there.
+                from qchan.cluster.discovery import Discovery
+
+                self._discovery = Discovery(
+                    name=self.name,
+                    public_key=self.public_key,
+                    cluster_key=self._cluster_key,
+                    address=listener.address,
+                    on_found=self._discovered,
+                    on_lost=self._undiscovered,
+                )
+                await self._discovery.start()
         except BaseException:
             await self._stop()
             raise
@@ -207,6 +242,10 @@ class Node:
 
     async def _stop(self) -> None:
         was_running, self._running = self._running, False
+        discovery, self._discovery = self._discovery, None
+        if discovery is not None:
+            with anyio.CancelScope(shield=True):
+                await discovery.stop()  # goodbye records: peers forget us at once
         if was_running:
             goodbye = f"{self.name} is shutting down"
             for peer in self._peers.values():
@@ -433,6 +472,56 @@ class Node:
             delay = _REDIAL_MIN
             await link.wait_closed()
             await anyio.sleep(_REDIAL_MIN)
+
+    # --- discovery ---------------------------------------------------------------------------
+
+    def _discovered(self, name: str, public_key: bytes, addresses: list[str]) -> None:
+        """Discovery saw a node of our cluster (a hint only: the handshake decides)."""
+        if public_key == self.public_key or not addresses or not self._running:
+            return
+        if self._trusted is not None and public_key not in self._trusted:
+            return  # not one we would admit anyway: don't even dial
+        peer = self._peers.get(public_key)
+        if peer is None:
+            if len(self._peers) >= _MAX_DISCOVERED_PEERS:
+                return  # a flood of announcements cannot grow our tables without bound
+            peer = self._peers[public_key] = Peer(self, public_key)
+        peer.candidates = addresses
+        if not peer.address:
+            peer.address = addresses[0]
+        if not peer.discovered and self._tasks is not None:
+            peer.discovered = True
+            self._tasks.start_soon(self._keep_discovered, peer)
+
+    def _undiscovered(self, public_key: bytes) -> None:
+        """A discovered node said goodbye, or its record expired: stop dialling it."""
+        peer = self._peers.get(public_key)
+        if peer is not None:
+            peer.discovered = False
+
+    async def _keep_discovered(self, peer: Peer) -> None:
+        """Keep a discovered peer dialled while it is announced (with backoff)."""
+        delay = _REDIAL_MIN
+        try:
+            while peer.discovered:
+                if peer.session is None:
+                    await self._dial_budget.take()
+                    for address in list(peer.candidates):
+                        try:
+                            with anyio.fail_after(self._config.handshake_timeout):
+                                await self._dial(address, expected=peer.key)
+                        except (QchanError, OSError, TimeoutError) as exc:
+                            log.debug("dialling discovered %s at %s: %s", peer.label, address, exc)
+                            continue
+                        delay = _REDIAL_MIN
+                        break
+                    else:
+                        await anyio.sleep(delay)
+                        delay = min(delay * 2, _REDIAL_MAX)
+                        continue
+                await anyio.sleep(_HOUSEKEEPING_PERIOD)
+        finally:
+            peer.discovered = False
 
     async def _housekeeping(self) -> None:
         while True:
