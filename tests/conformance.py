@@ -377,7 +377,7 @@ class ChannelConformance:
         self, channels: ChannelMaker, cases: int
     ) -> None:
         pairs = [await channels.make(1) for _ in range(cases)]
-        trials = 500
+        trials = 300
         counts = Counter[int]()
         with anyio.fail_after(BOUND * 2):
             for tx, _ in pairs:
