@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult
 
 from qchan import AuthenticationError, ProtocolError
@@ -107,6 +109,43 @@ def test_nonce_is_four_zero_bytes_and_a_little_endian_counter() -> None:
     nonce = b"\x00" * 4 + (2**40 + 5).to_bytes(8, "little")
     expected = crypto_aead_chacha20poly1305_ietf_encrypt(b"m", b"", nonce, KEY)
     assert cipher.encrypt_with_ad(b"", b"m") == expected
+
+
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    nonce=st.integers(0, MAX_NONCE - 1),
+    ad=st.binary(max_size=80),
+    plaintext=st.one_of(st.binary(max_size=300), st.sampled_from([b"", bytes(65519)])),
+    flip=st.integers(0, 2**20),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_direct_libsodium_calls_agree_with_pynacl(
+    key: bytes, nonce: int, ad: bytes, plaintext: bytes, flip: int
+) -> None:
+    # CipherState calls libsodium's AEAD through PyNaCl's cffi binding directly (PyNaCl's
+    # wrappers check and copy on every call). The result must be PyNaCl's, byte for byte,
+    # including empty plaintexts and associated data; and a forgery must fail, not raise.
+    from nacl.bindings import (
+        crypto_aead_chacha20poly1305_ietf_decrypt,
+        crypto_aead_chacha20poly1305_ietf_encrypt,
+    )
+    from nacl.exceptions import CryptoError
+
+    sender, receiver = CipherState(key), CipherState(key)
+    sender.set_nonce(nonce)
+    receiver.set_nonce(nonce)
+    wire_nonce = b"\x00" * 4 + nonce.to_bytes(8, "little")
+    ciphertext = sender.encrypt_with_ad(ad, plaintext)
+    assert ciphertext == crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, wire_nonce, key)
+    forged = bytearray(ciphertext)
+    forged[flip % len(forged)] ^= 1 << (flip % 8)
+    with pytest.raises(CryptoError):
+        crypto_aead_chacha20poly1305_ietf_decrypt(bytes(forged), ad, wire_nonce, key)
+    with pytest.raises(ProtocolError, match="failed authentication"):
+        receiver.decrypt_with_ad(ad, bytes(forged))
+    assert receiver.nonce == nonce
+    assert receiver.decrypt_with_ad(ad, ciphertext) == plaintext
+    assert receiver.nonce == nonce + 1
 
 
 def test_nonce_exhaustion_raises_and_never_wraps() -> None:

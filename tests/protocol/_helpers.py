@@ -19,6 +19,7 @@ from qchan.protocol import (
     FramesReceived,
     HandshakeCompleted,
     Hello,
+    State,
 )
 
 # Fixed, distinct keys so that every run produces the same bytes.
@@ -78,15 +79,38 @@ def transfer(a: Connection, b: Connection, now: float = 0.0) -> list[Event]:
     return b.receive_data(a.data_to_send(), now)
 
 
-def establish(now: float = 0.0, **kwargs: Any) -> tuple[Connection, Connection]:
-    """A pair that has completed its handshake (both sides saw HandshakeCompleted)."""
-    initiator, responder = make_pair(now, **kwargs)
+def state_of(connection: Connection) -> State:
+    """The connection's state (read through a call, so mypy does not narrow it for good)."""
+    return connection.state
+
+
+def handshake(
+    initiator: Connection, responder: Connection, now: float = 0.0
+) -> tuple[Connection, Connection]:
+    """Run a fresh pair's handshake to the end, checking who completes when.
+
+    The responder completes on message 3 and confirms with its first transport message (a
+    PING); the initiator completes on that message, not before, and answers PONG. That PONG is
+    delivered too, so both sides are OPEN with nothing left to send.
+    """
     assert transfer(initiator, responder, now) == []  # message 1 in, message 2 queued
-    (done_i,) = transfer(responder, initiator, now)  # message 2 in, message 3 queued
-    (done_r,) = transfer(initiator, responder, now)  # message 3 in
-    assert isinstance(done_i, HandshakeCompleted)
+    assert transfer(responder, initiator, now) == []  # message 2 in, message 3 queued
+    assert state_of(initiator) is State.HANDSHAKING  # not before the confirmation
+    (done_r,) = transfer(initiator, responder, now)  # message 3 in, the confirmation queued
     assert isinstance(done_r, HandshakeCompleted)
+    assert state_of(initiator) is State.HANDSHAKING
+    (done_i,) = transfer(responder, initiator, now)  # the confirmation in, PONG queued
+    assert isinstance(done_i, HandshakeCompleted)
+    assert transfer(initiator, responder, now) == []  # the PONG in
+    assert state_of(initiator) is state_of(responder) is State.OPEN
+    assert initiator.data_to_send() == responder.data_to_send() == b""
     return initiator, responder
+
+
+def establish(now: float = 0.0, **kwargs: Any) -> tuple[Connection, Connection]:
+    """A pair that has completed its handshake (both sides saw HandshakeCompleted) and has
+    nothing left to send (see :func:`handshake`)."""
+    return handshake(*make_pair(now, **kwargs), now)
 
 
 def frames_of(events: Sequence[Event]) -> list[Frame]:

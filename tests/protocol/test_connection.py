@@ -66,14 +66,21 @@ def test_handshake_completes_on_both_sides_with_the_peer_key_and_hello() -> None
     assert len(message_1) == 2 + 48
     assert responder.receive_data(message_1, 0.0) == []
     assert state(responder) is State.HANDSHAKING
-    assert transfer(responder, initiator) == [
-        HandshakeCompleted(RESPONDER_KEY.public, RESPONDER_HELLO)
-    ]
-    assert state(initiator) is State.OPEN
+    # message 2: the initiator has judged the responder and writes message 3, but it is not
+    # done: the responder has yet to judge it
+    assert transfer(responder, initiator) == []
+    assert state(initiator) is State.HANDSHAKING
+    # message 3: the responder is done, and confirms with its first transport message
     assert transfer(initiator, responder) == [
         HandshakeCompleted(INITIATOR_KEY.public, INITIATOR_HELLO)
     ]
     assert state(responder) is State.OPEN
+    # the confirmation: now the initiator is done too
+    assert transfer(responder, initiator) == [
+        HandshakeCompleted(RESPONDER_KEY.public, RESPONDER_HELLO)
+    ]
+    assert state(initiator) is State.OPEN
+    assert transfer(initiator, responder) == []  # its PONG
     assert initiator.remote_key == RESPONDER_KEY.public
     assert responder.remote_key == INITIATOR_KEY.public
     assert initiator.remote_hello == RESPONDER_HELLO
@@ -94,13 +101,22 @@ def test_handshake_with_trusted_sets_and_an_expected_key() -> None:
 
 def test_handshake_fed_one_byte_at_a_time() -> None:
     initiator, responder = make_pair()
-    events: list[Any] = []
-    for direction in ((initiator, responder), (responder, initiator), (initiator, responder)):
-        data = direction[0].data_to_send()
+    events: dict[str, list[Any]] = {"initiator": [], "responder": []}
+    # message 1, message 2, message 3, the confirmation (PING), its PONG
+    for sender, receiver, name in [
+        (initiator, responder, "responder"),
+        (responder, initiator, "initiator"),
+    ] * 2 + [(initiator, responder, "responder")]:
+        data = sender.data_to_send()
+        assert data != b""
         for i in range(len(data)):
-            events += direction[1].receive_data(data[i : i + 1], 0.0)
-    assert [type(event) for event in events] == [HandshakeCompleted, HandshakeCompleted]
+            events[name] += receiver.receive_data(data[i : i + 1], 0.0)
+    assert events == {
+        "initiator": [HandshakeCompleted(RESPONDER_KEY.public, RESPONDER_HELLO)],
+        "responder": [HandshakeCompleted(INITIATOR_KEY.public, INITIATOR_HELLO)],
+    }
     assert initiator.state is responder.state is State.OPEN
+    assert initiator.data_to_send() == responder.data_to_send() == b""
 
 
 def test_wrong_cluster_key_responder_terminates_and_sends_nothing() -> None:
@@ -121,13 +137,21 @@ def test_wrong_cluster_key_responder_terminates_and_sends_nothing() -> None:
 def test_untrusted_initiator_is_refused_at_message_3() -> None:
     initiator, responder = make_pair(responder_trusted=frozenset({STRANGER_KEY.public}))
     transfer(initiator, responder)
-    # XX: the initiator has authenticated the responder and finishes before the responder
-    # has judged it; it learns of the refusal from the closed connection.
-    assert isinstance(transfer(responder, initiator)[0], HandshakeCompleted)
+    # XX: the initiator has authenticated the responder at message 2, but it is not done
+    # before the responder has judged it in turn.
+    assert transfer(responder, initiator) == []
     events = transfer(initiator, responder)
     assert isinstance(terminated(events).error, AuthenticationError)
     assert "not trusted" in str(terminated(events).error)
-    assert responder.data_to_send() == b""
+    assert not any(isinstance(event, HandshakeCompleted) for event in events)
+    assert responder.data_to_send() == b""  # no confirmation, no GOAWAY: nothing
+    # so the initiator never completes: it is refused, not merely dropped
+    assert initiator.state is State.HANDSHAKING
+    assert initiator.receive_data(b"", 1.0) == []
+    assert initiator.next_deadline() == CONFIG.handshake_timeout
+    events = initiator.handle_timer(CONFIG.handshake_timeout)
+    assert isinstance(terminated(events).error, ProtocolError)
+    assert not any(isinstance(event, HandshakeCompleted) for event in events)
 
 
 @pytest.mark.parametrize(
@@ -215,14 +239,177 @@ def test_frames_queued_in_one_turn_share_as_few_messages_as_fit() -> None:
     assert frames_of(responder.receive_data(data, 0.0)) == frames
 
 
-def test_frames_sent_with_message_3_arrive_with_the_handshake() -> None:
+def test_frames_sent_with_the_confirmation_arrive_right_after_the_handshake() -> None:
     initiator, responder = make_pair()
     transfer(initiator, responder)
     transfer(responder, initiator)
-    initiator.send(ack(5))  # the initiator is open once it has message 2
-    events = transfer(initiator, responder)
-    assert [type(event) for event in events] == [HandshakeCompleted, FramesReceived]
-    assert frames_of(events) == [ack(5)]
+    transfer(initiator, responder)
+    responder.send(ack(5))  # the responder is open once it has message 3
+    data = responder.data_to_send()
+    assert len(split_messages(data)) == 1  # in the same message as the PING
+    events = initiator.receive_data(data, 0.0)
+    assert events == [
+        HandshakeCompleted(RESPONDER_KEY.public, RESPONDER_HELLO),  # before any frame
+        FramesReceived([ack(5)]),  # the PING is the connection's own: not a frame for us
+    ]
+
+
+def test_frames_sealed_right_behind_message_3_are_accepted_by_the_responder() -> None:
+    # The initiator does not send before the confirmation, but an implementation that did
+    # (its keys exist once it has written message 3) is understood.
+    initiator, responder = make_pair()
+    transfer(initiator, responder)
+    transfer(responder, initiator)
+    data = initiator.data_to_send() + seal(initiator, encode_frame(ack(6)))
+    events = responder.receive_data(data, 0.0)
+    assert events == [
+        HandshakeCompleted(INITIATOR_KEY.public, INITIATOR_HELLO),
+        FramesReceived([ack(6)]),
+    ]
+
+
+# --- the confirmation: the initiator is done on the responder's first transport message ------
+
+
+def _up_to_message_3(now: float = 0.0, **kwargs: Any) -> tuple[Connection, Connection]:
+    """A pair where the responder has just accepted message 3 (its confirmation is queued)."""
+    initiator, responder = make_pair(now, **kwargs)
+    transfer(initiator, responder, now)
+    transfer(responder, initiator, now)
+    assert [type(event) for event in transfer(initiator, responder, now)] == [HandshakeCompleted]
+    return initiator, responder
+
+
+def test_the_initiator_completes_on_the_responders_first_transport_message_not_before() -> None:
+    initiator, responder = make_pair()
+    transfer(initiator, responder)
+    # message 2 makes the initiator's keys and message 3, and nothing else
+    assert transfer(responder, initiator) == []
+    assert initiator.remote_key == RESPONDER_KEY.public  # known, not yet confirmed
+    assert state(initiator) is State.HANDSHAKING
+    assert len(split_messages(initiator.data_to_send())) == 1  # message 3 (taken here)
+    with pytest.raises(RuntimeError, match="handshaking"):
+        initiator.send(ack(1))  # it does not use the link before the confirmation
+    assert initiator.data_to_send() == b""
+    # (message 3 is lost here: the responder never confirms, the initiator never completes)
+    assert initiator.handle_timer(CONFIG.heartbeat_interval * 2) == []
+    assert initiator.data_to_send() == b""  # no PING either: it is not open
+    assert state(initiator) is State.HANDSHAKING
+
+
+def test_the_confirmation_is_one_transport_message_carrying_ping_0() -> None:
+    initiator, responder = _up_to_message_3()
+    (confirmation,) = split_messages(responder.data_to_send())
+    assert len(confirmation) == 3 + 16  # 92 01 00, and the tag
+    cipher = initiator._cipher
+    assert cipher is not None  # the initiator's keys exist; its state waits on this message
+    assert cipher.decrypt(confirmation) == encode_frame([Kind.PING, 0])
+
+
+def test_the_initiator_answers_the_confirmation_with_pong() -> None:
+    initiator, responder = _up_to_message_3()
+    events = transfer(responder, initiator, 0.5)
+    assert events == [HandshakeCompleted(RESPONDER_KEY.public, RESPONDER_HELLO)]
+    pong = initiator.data_to_send()
+    (message,) = split_messages(pong)
+    assert len(message) == 3 + 16
+    assert responder.receive_data(pong, 0.6) == []  # PONG is not an event
+    assert responder.next_deadline() == pytest.approx(0.6 + CONFIG.heartbeat_interval)
+
+
+def test_the_initiator_never_completes_if_the_responder_closes_after_message_3() -> None:
+    # A responder that refuses the initiator at message 3 (here: untrusted) closes at once,
+    # without a word: the initiator never completes, and learns of it as a failed handshake.
+    initiator, responder = make_pair(responder_trusted=frozenset())
+    transfer(initiator, responder)
+    transfer(responder, initiator)
+    terminated(transfer(initiator, responder))
+    assert responder.data_to_send() == b""
+    events = initiator.handle_timer(CONFIG.handshake_timeout - 0.001)
+    assert events == []
+    assert state(initiator) is State.HANDSHAKING
+    events = initiator.handle_timer(CONFIG.handshake_timeout)
+    assert not any(isinstance(event, HandshakeCompleted) for event in events)
+    assert isinstance(terminated(events).error, ProtocolError)
+    assert state(initiator) is State.CLOSED
+    assert initiator.data_to_send() == b""  # and it never said anything after message 3
+    # A responder closed by its owner before message 3 arrives sends nothing either
+    initiator, responder = make_pair()
+    transfer(initiator, responder)
+    transfer(responder, initiator)
+    responder.close()
+    assert transfer(initiator, responder) == []
+    assert responder.data_to_send() == b""
+    assert transfer(responder, initiator) == []
+    assert state(initiator) is State.HANDSHAKING
+
+
+def test_a_responder_that_accepts_and_then_says_goaway_confirms_first() -> None:
+    # Accepted, then closed (say, the node is stopping): the confirmation and the GOAWAY share
+    # a message, and the initiator completes before it hears the GOAWAY.
+    initiator, responder = _up_to_message_3()
+    responder.close(GoawayReason.SHUTDOWN, "stopping")
+    (message,) = split_messages(responder.data_to_send())
+    events = initiator.receive_data(wire(message), 0.0)
+    assert events == [
+        HandshakeCompleted(RESPONDER_KEY.public, RESPONDER_HELLO),
+        GoawayReceived(GoawayReason.SHUTDOWN, "stopping"),
+        ConnectionTerminated(terminated(events).error),
+    ]
+    assert type(terminated(events).error) is PeerLost
+
+
+@pytest.mark.parametrize("now", [0.0, 100.0])
+def test_the_initiators_handshake_deadline_applies_until_the_confirmation(now: float) -> None:
+    deadline = now + CONFIG.handshake_timeout
+    initiator, responder = _up_to_message_3(now)
+    # the responder is open: heartbeats from now on, no handshake deadline
+    assert responder.next_deadline() == pytest.approx(now + CONFIG.heartbeat_interval)
+    # the initiator: still its handshake deadline, which message 2 did not extend
+    assert initiator.next_deadline() == deadline
+    assert initiator.handle_timer(deadline - 0.001) == []
+    confirmation = responder.data_to_send()
+    late = initiator.handle_timer(deadline)
+    error = terminated(late).error
+    assert isinstance(error, ProtocolError)
+    assert "handshake did not complete" in str(error)
+    assert state(initiator) is State.CLOSED
+    assert initiator.next_deadline() is None
+    assert initiator.receive_data(confirmation, deadline + 0.001) == []  # too late
+    # just in time, it completes and the heartbeat takes over
+    initiator, responder = _up_to_message_3(now)
+    events = initiator.receive_data(responder.data_to_send(), deadline - 0.001)
+    assert [type(event) for event in events] == [HandshakeCompleted]
+    assert initiator.next_deadline() == pytest.approx(deadline - 0.001 + CONFIG.heartbeat_interval)
+    assert initiator.handle_timer(deadline) == []
+    assert state(initiator) is State.OPEN
+
+
+@pytest.mark.parametrize(
+    "instead",
+    ["junk", "message 2 again", "message 3 reflected", "truncated", "tag flipped", "empty"],
+)
+def test_only_an_authentic_confirmation_completes_the_initiator(instead: str) -> None:
+    initiator, responder = make_pair()
+    transfer(initiator, responder)
+    message_2 = responder.data_to_send()
+    initiator.receive_data(message_2, 0.0)
+    message_3 = initiator.data_to_send()
+    responder.receive_data(message_3, 0.0)
+    (confirmation,) = split_messages(responder.data_to_send())
+    fake = {
+        "junk": wire(b"x" * 40),
+        "message 2 again": message_2,
+        "message 3 reflected": message_3,
+        "truncated": wire(confirmation[:-1]),
+        "tag flipped": wire(confirmation[:-1] + bytes([confirmation[-1] ^ 1])),
+        "empty": wire(b""),
+    }[instead]
+    events = initiator.receive_data(fake + wire(confirmation), 0.0)
+    assert not any(isinstance(event, HandshakeCompleted) for event in events)
+    assert isinstance(terminated(events).error, ProtocolError)
+    assert state(initiator) is State.CLOSED
+    assert initiator.data_to_send() == b""
 
 
 @pytest.mark.parametrize("size", [100_000, 1_000_000, 5_000_000])
@@ -271,6 +458,15 @@ def test_send_before_the_handshake_raises() -> None:
     transfer(initiator, responder)
     with pytest.raises(RuntimeError, match="handshaking"):
         responder.send(ack(1))  # it has sent message 2, but is not open until message 3
+    transfer(responder, initiator)
+    with pytest.raises(RuntimeError, match="handshaking"):
+        initiator.send(ack(1))  # it has sent message 3, but is not open until confirmed
+    transfer(initiator, responder)
+    responder.send(ack(1))  # open
+    with pytest.raises(RuntimeError, match="handshaking"):
+        initiator.send(ack(1))
+    transfer(responder, initiator)
+    initiator.send(ack(1))  # open
 
 
 def test_send_after_close_raises() -> None:
@@ -295,6 +491,16 @@ def test_close_during_the_handshake_sends_no_goaway_and_stops_the_handshake() ->
     assert responder.next_deadline() is None
     assert transfer(initiator, responder) == []
     assert responder.data_to_send() == b""  # no message 2, no GOAWAY
+    # an initiator waiting for the confirmation has keys, but is not open: no GOAWAY either
+    initiator, responder = make_pair()
+    transfer(initiator, responder)
+    transfer(responder, initiator)
+    initiator.data_to_send()  # message 3
+    initiator.close()
+    assert state(initiator) is State.CLOSED
+    assert initiator.next_deadline() is None
+    assert initiator.data_to_send() == b""
+    assert transfer(responder, initiator) == []
 
 
 # --- GOAWAY -----------------------------------------------------------------------------
@@ -352,15 +558,17 @@ def test_goaway_in_the_same_chunk_as_the_handshake() -> None:
     initiator, responder = make_pair()
     transfer(initiator, responder)
     transfer(responder, initiator)
-    initiator.send(ack(1))
-    initiator.close(GoawayReason.DUPLICATE, "kept the other one")
-    events = transfer(initiator, responder)
+    transfer(initiator, responder)
+    responder.send(ack(1))
+    responder.close(GoawayReason.DUPLICATE, "kept the other one")
+    events = transfer(responder, initiator)
     assert [type(event) for event in events] == [
         HandshakeCompleted,
         FramesReceived,
         GoawayReceived,
         ConnectionTerminated,
     ]
+    assert frames_of(events) == [ack(1)]
 
 
 # --- heartbeats and deadlines ---------------------------------------------------------------
@@ -450,12 +658,16 @@ def test_next_deadline_is_when_handle_timer_has_work() -> None:
     assert isinstance(terminated(initiator.handle_timer(deadline)).error, PeerLost)
 
 
-@pytest.mark.parametrize("role", ["initiator", "responder"])
+@pytest.mark.parametrize("role", ["initiator", "responder", "initiator awaiting confirmation"])
 def test_handshake_deadline_ends_a_stalled_handshake(role: str) -> None:
     initiator, responder = make_pair(now=100.0)
     connection = responder if role == "responder" else initiator
     if role == "initiator":
         transfer(initiator, responder, 100.0)  # message 2 never comes back
+    elif role == "initiator awaiting confirmation":
+        transfer(initiator, responder, 100.0)
+        transfer(responder, initiator, 101.0)
+        initiator.data_to_send()  # message 3, which is lost
     deadline = 100.0 + CONFIG.handshake_timeout
     assert connection.next_deadline() == deadline
     assert connection.handle_timer(deadline - 0.001) == []
@@ -635,7 +847,8 @@ def test_junk_right_after_message_2_is_a_protocol_error_at_the_initiator() -> No
     initiator, responder = make_pair()
     transfer(initiator, responder)
     events = initiator.receive_data(responder.data_to_send() + wire(b"x" * 40), 0.0)
-    assert isinstance(events[0], HandshakeCompleted)
+    # junk where the confirmation should be: the initiator never completes
+    assert not any(isinstance(event, HandshakeCompleted) for event in events)
     assert isinstance(terminated(events).error, ProtocolError)
 
 
@@ -712,6 +925,7 @@ def test_a_malformed_hello_in_the_handshake_is_a_protocol_error(side: str) -> No
         transfer(responder, initiator)
         events = transfer(initiator, responder)
         judge = responder
+        assert initiator.state is State.HANDSHAKING  # and it never will complete
     else:
         initiator, responder = make_pair(responder_hello=bad)
         transfer(initiator, responder)

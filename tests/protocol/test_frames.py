@@ -8,6 +8,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qchan import ProtocolError
 from qchan.crypto import MAX_PLAINTEXT_LEN
@@ -154,13 +156,82 @@ def test_wrong_wire_types_are_refused(wire: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", [0, 5, 0x0F, 0x13, 0x1F, 0x2C, 0x37, 0x7F, 0xFF, 2**16, MAX_UINT, -1]
+    "kind", [0, 5, 0x0F, 0x13, 0x1F, 0x2C, 0x39, 0x3F, 0x7F, 0xFF, 2**16, MAX_UINT, -1]
 )
 def test_unknown_kinds_are_refused(kind: int) -> None:
     with pytest.raises(ProtocolError, match="unknown frame kind"):
         validate([kind, 1])
     with pytest.raises(ProtocolError, match="unknown frame kind"):
         decode(pack([kind, 1]))
+
+
+def test_unclaim_and_shut_are_one_uint_each() -> None:
+    assert (Kind.UNCLAIM, Kind.SHUT) == (0x37, 0x38)
+    assert SCHEMAS[Kind.UNCLAIM] == SCHEMAS[Kind.SHUT] == (int,)
+    assert encode_frame([Kind.UNCLAIM, 7]) == b"\x92\x37\x07"
+    assert encode_frame([Kind.SHUT, 3]) == b"\x92\x38\x03"
+    assert decode(b"\x92\x37\x07\x92\x38\x03") == [[Kind.UNCLAIM, 7], [Kind.SHUT, 3]]
+
+
+def _reference_validate(frame: object) -> bool:
+    """The rule of section 4 of docs/protocol.md, written as plainly as possible."""
+    if type(frame) is not list or not frame or type(frame[0]) is not int:
+        return False
+    schema = SCHEMAS.get(frame[0])
+    if schema is None or len(frame) != len(schema) + 1:
+        return False
+    for field, expected in zip(frame[1:], schema, strict=True):
+        if type(field) is not expected:
+            return False
+        if isinstance(field, int) and not 0 <= field <= MAX_UINT:
+            return False
+    return True
+
+
+_ANY_FIELD = st.one_of(
+    st.integers(-(2**65), 2**65),
+    st.sampled_from([0, 1, MAX_UINT, MAX_UINT + 1, -1, True, False, None, 1.0]),
+    st.text(max_size=3),
+    st.binary(max_size=3),
+    st.builds(bytearray, st.binary(max_size=3)),
+    st.sampled_from(list(Kind)),
+    st.just([1]),
+)
+
+
+@st.composite
+def _frame_like(draw: st.DrawFn) -> list[Any]:
+    if draw(st.booleans()):  # near a real frame: a known kind, fields mostly right
+        kind = draw(st.sampled_from(list(Kind)))
+        fields = [draw(FIELD_OF[field]) for field in SCHEMAS[kind]]
+        if draw(st.booleans()) and fields:
+            fields[draw(st.integers(0, len(fields) - 1))] = draw(_ANY_FIELD)
+        if draw(st.booleans()):
+            fields = fields[: draw(st.integers(0, len(fields)))] + draw(
+                st.lists(_ANY_FIELD, max_size=2)
+            )
+        return [draw(st.sampled_from([int(kind), kind, float(kind), -int(kind)])), *fields]
+    return draw(st.lists(_ANY_FIELD, max_size=6))
+
+
+FIELD_OF = {
+    int: st.integers(0, MAX_UINT),
+    str: st.text(max_size=5),
+    bytes: st.binary(max_size=5),
+}
+
+
+@given(_frame_like())
+@settings(max_examples=2000, deadline=None)
+def test_validate_accepts_exactly_what_the_specification_does(frame: list[Any]) -> None:
+    # validate() takes a fast path for well-formed frames and explains a fault on a slow one:
+    # together they must be the plain rule, and every refusal must say what is wrong.
+    if _reference_validate(frame):
+        assert validate(frame) is frame
+    else:
+        with pytest.raises(ProtocolError) as refused:
+            validate(frame)
+        assert str(refused.value) != "malformed frame"
 
 
 @pytest.mark.parametrize("kind", [True, 1.0, "PING", b"\x01", None, [1]])

@@ -113,8 +113,8 @@ def test_decoder_returns_exactly_the_frames_sent(messages: list[list[list[Any]]]
 class Recording:
     """What each side of a deterministic connection sent, and the frames in it."""
 
-    to_responder: bytes  # message 1, message 3, then the initiator's transport messages
-    to_initiator: bytes  # message 2, then the responder's transport messages
+    to_responder: bytes  # messages 1 and 3, the PONG, then the initiator's transport messages
+    to_initiator: bytes  # message 2, the confirmation (PING), then the responder's messages
     initiator_frames: list[list[Any]]
     responder_frames: list[list[Any]]
 
@@ -122,12 +122,16 @@ class Recording:
 def record(batches: list[list[list[Any]]], *, goaway: bool = False) -> Recording:
     """Run a deterministic connection: the initiator sends ``batches`` (one data_to_send per
     batch), the responder echoes each batch back; both streams are kept whole."""
+    to_responder, to_initiator = b"", b""
     with ephemerals(INITIATOR_EPHEMERAL, RESPONDER_EPHEMERAL):
         initiator, responder = make_pair()
-        to_responder = initiator.data_to_send()
-        responder.receive_data(to_responder, 0.0)
-        to_initiator = responder.data_to_send()
-        initiator.receive_data(to_initiator, 0.0)
+        for _ in range(2):  # message 1 / message 2, then message 3 / the confirmation
+            data = initiator.data_to_send()
+            to_responder += data
+            responder.receive_data(data, 0.0)
+            data = responder.data_to_send()
+            to_initiator += data
+            initiator.receive_data(data, 0.0)
     sent: list[list[Any]] = []
     for batch in batches:
         for frame in batch:
@@ -140,6 +144,7 @@ def record(batches: list[list[list[Any]]], *, goaway: bool = False) -> Recording
         echo = responder.data_to_send()
         to_initiator += echo
         initiator.receive_data(echo, 0.0)
+    to_responder += initiator.data_to_send()  # the PONG, when no batch carried it
     if goaway:
         initiator.close(GoawayReason.SHUTDOWN, "done")
         to_responder += initiator.data_to_send()
@@ -181,8 +186,9 @@ def summary(events: list[Event]) -> list[Any]:
 def check_cuts(recording: Recording, cuts_r: list[int], cuts_i: list[int]) -> None:
     whole_r = replay(recording.to_responder, [], initiator=False)
     whole_i = replay(recording.to_initiator, [], initiator=True)
-    assert isinstance(whole_r[0], HandshakeCompleted)
-    assert isinstance(whole_i[0], HandshakeCompleted)
+    assert whole_r[0] == HandshakeCompleted(INITIATOR_KEY.public, INITIATOR_HELLO)
+    assert whole_i[0] == HandshakeCompleted(RESPONDER_KEY.public, RESPONDER_HELLO)
+    assert sum(isinstance(event, HandshakeCompleted) for event in whole_r + whole_i) == 2
     assert frames_of(whole_r) == recording.initiator_frames
     assert frames_of(whole_i) == recording.responder_frames
     assert summary(replay(recording.to_responder, cuts_r, initiator=False)) == summary(whole_r)
@@ -341,3 +347,19 @@ def test_mutated_handshake_messages_never_raise(noise: bytes, number: int) -> No
     assert frames_of(events) == []
     ends = [event for event in events if isinstance(event, ConnectionTerminated)]
     assert all(isinstance(end.error, AuthenticationError | ProtocolError) for end in ends)
+
+
+@given(st.lists(st.binary(max_size=200), min_size=1, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_an_initiator_awaiting_the_confirmation_completes_on_nothing_else(
+    chunks: list[bytes],
+) -> None:
+    initiator, responder = make_pair()
+    transfer(initiator, responder)
+    transfer(responder, initiator)  # message 3 written: keys made, not confirmed
+    events: list[Event] = []
+    for chunk in chunks:
+        events += initiator.receive_data(chunk, 1.0)
+    assert not any(isinstance(event, HandshakeCompleted) for event in events)
+    assert frames_of(events) == []
+    _outcome_is_clean(events, ProtocolError)

@@ -8,17 +8,26 @@ Run ``python -m tests.protocol.test_spec`` to print the blocks when the protocol
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 import pytest
 
-from qchan import _errors
+from qchan import Channel, _codec, _errors
+from qchan._channel import ChannelState
+from qchan._home import Exports, credit_target
+from qchan._peer import Peer
+from qchan._refs import TOKEN_SIZE, ChannelRef, TokenMinter
+from qchan._session import MAX_OUTSTANDING, Session
 from qchan.crypto import MAX_PAYLOAD_LEN, MAX_PLAINTEXT_LEN, PROTOCOL_NAME, NoiseHandshake
-from qchan.protocol import ConnectionConfig, GoawayReason, Kind, Mode
+from qchan.node import Node
+from qchan.protocol import ConnectionConfig, FrameDecoder, GoawayReason, Kind, Mode, Rights
 from qchan.protocol.frames import PART_OVERHEAD, encode_frame
 
 from ._helpers import (
@@ -29,7 +38,9 @@ from ._helpers import (
     RESPONDER_EPHEMERAL,
     RESPONDER_HELLO,
     RESPONDER_KEY,
+    ephemerals,
     establish,
+    make_pair,
     split_messages,
 )
 
@@ -38,7 +49,7 @@ _BLOCK: Final = re.compile(r"<!-- example: ([\w-]+) -->\s*```hex\n(.*?)```", re.
 
 
 def _handshake() -> tuple[bytes, bytes, bytes, bytes]:
-    """Messages 1-3 and the initiator's first transport message (a PING), fixed keys."""
+    """Messages 1-3 and the confirmation (the responder's first transport message, PING 0)."""
     initiator = NoiseHandshake(
         initiator=True,
         static_key=INITIATOR_KEY,
@@ -59,8 +70,8 @@ def _handshake() -> tuple[bytes, bytes, bytes, bytes]:
     message_3 = initiator.receive(message_2)
     assert message_3 is not None
     assert responder.receive(message_3) is None
-    ping = initiator.transport().encrypt(encode_frame([Kind.PING, 1]))
-    return message_1, message_2, message_3, ping
+    confirmation = responder.transport().encrypt(encode_frame([Kind.PING, 0]))
+    return message_1, message_2, message_3, confirmation
 
 
 def _wire(message: bytes) -> bytes:
@@ -76,6 +87,98 @@ def _first_part() -> bytes:
     return encode_frame([Kind.PART, len(data), data[: MAX_PLAINTEXT_LEN - PART_OVERHEAD]])[:16]
 
 
+# --- a worked exchange, produced by the node's own home side -------------------------------
+
+TOKEN_SECRET: Final = bytes(range(0xC0, 0xE0))
+"""The home's token secret in the worked example (a node draws 32 random bytes at start)."""
+
+
+class _Link:
+    """Just enough of a transport link for a Session: it records what the session sends."""
+
+    initiator = False
+
+    def __init__(self) -> None:
+        self.sent: list[list[Any]] = []
+
+    def send(self, frame: list[Any]) -> None:
+        self.sent.append(frame)
+
+    def close(self, *args: object) -> None:
+        raise AssertionError(f"the home closed the link: {args}")
+
+    def pause_reading(self) -> None:
+        raise AssertionError("paused")
+
+    def resume_reading(self) -> None:
+        raise AssertionError("resumed")
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    ref: bytes  # the reference alpha holds to beta's channel 1
+    value_with_channel: bytes  # a value beta sends alpha: ["reply", a send-only channel]
+    plaintexts: list[bytes]  # alternately from alpha and from beta
+
+
+@functools.cache
+def _exchange() -> _Exchange:
+    """Run beta's home side (a real Session) through the worked example of section 12.4.
+
+    alpha's frames are built the way its client side builds them; beta's answers are whatever
+    beta's Session sends. One list of frames is one transport message's plaintext.
+    """
+    beta = Node(cluster_key=CLUSTER_KEY, key=RESPONDER_KEY, name=RESPONDER_HELLO.name)
+    beta.exports = Exports(
+        TokenMinter(TOKEN_SECRET),
+        RESPONDER_KEY.public,
+        RESPONDER_HELLO.incarnation,
+        "10.0.0.2:7400",
+        beta._shut,
+    )
+    jobs: Channel[str] = Channel(8)
+    state = jobs._endpoint
+    assert isinstance(state, ChannelState)
+    alpha = Peer(beta, INITIATOR_KEY.public)
+    beta._peers[alpha.key] = alpha
+    link = _Link()
+    session = Session(beta, alpha, link)  # type: ignore[arg-type]
+    alpha.attach(session)
+    ref = beta.exports.ref(state, Rights.BOTH, alpha.key)  # (what a LOOKUP would answer)
+    assert ref.chan == 1
+
+    def value(text: str) -> bytes:
+        return msgpack.packb(text)  # type: ignore[no-any-return]
+
+    plaintexts: list[bytes] = []
+
+    def alpha_says(*frames: list[Any]) -> None:
+        plaintexts.append(b"".join(encode_frame(frame) for frame in frames))
+        session.on_frames(list(frames))
+        plaintexts.append(b"".join(encode_frame(frame) for frame in link.sent))
+        link.sent.clear()
+
+    # a plain send, since alpha holds no credit yet: ACKed once buffered, and credits offered
+    alpha_says(
+        [Kind.OPEN, 1, Rights.BOTH, ref.tokens(Rights.BOTH)],
+        [Kind.SEND, 1, 1, Mode.PLAIN, value("job-1")],
+    )
+    # two sends under credit, in one message: one CREDIT confirms both and tops up
+    alpha_says([Kind.PUSH, 1, 1, value("job-2")], [Kind.PUSH, 1, 2, value("job-3")])
+    # a receive: the first buffered value, taken
+    alpha_says([Kind.RECV, 2, 1])
+    alpha_says([Kind.TAKEN, 2])
+    assert plaintexts.pop() == b""  # TAKEN gets no answer
+    # job-2 and job-3 are buffered; 4 more slots are promised to alpha (its credits)
+    assert [state.buffered(), state.reserved, state.in_flight] == [2, 4, 0]
+    reply: Channel[str] = Channel(0)
+    return _Exchange(
+        ref=ref.encode(),
+        value_with_channel=beta.encode_value(["reply", reply.sender()], alpha),
+        plaintexts=plaintexts,
+    )
+
+
 EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "key-cluster": lambda: bytes(CLUSTER_KEY),
     "key-initiator-static": INITIATOR_KEY.private_bytes,
@@ -89,7 +192,8 @@ EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "handshake-message-1": lambda: _wire(_handshake()[0]),
     "handshake-message-2": lambda: _wire(_handshake()[1]),
     "handshake-message-3": lambda: _wire(_handshake()[2]),
-    "transport-ping": lambda: _wire(_handshake()[3]),
+    "transport-confirmation": lambda: _wire(_handshake()[3]),
+    "frame-confirmation": lambda: encode_frame([Kind.PING, 0]),
     "frame-ping": lambda: encode_frame([Kind.PING, 1]),
     "frame-pong": lambda: encode_frame([Kind.PONG, 1]),
     "frame-goaway": lambda: encode_frame([Kind.GOAWAY, GoawayReason.SHUTDOWN, "bye"]),
@@ -107,7 +211,45 @@ EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "frames-two-in-one-plaintext": lambda: (
         encode_frame([Kind.TAKEN, 8]) + encode_frame([Kind.ACK, 7])
     ),
+    "frame-unclaim": lambda: encode_frame([Kind.UNCLAIM, 7]),
+    "frame-shut": lambda: encode_frame([Kind.SHUT, 3]),
+    # section 6 and 12.4: a channel of the responder ("beta"), used by the initiator ("alpha")
+    "token-secret": lambda: TOKEN_SECRET,
+    "token-send": lambda: TokenMinter(TOKEN_SECRET).token(1, Rights.SEND),
+    "token-receive": lambda: TokenMinter(TOKEN_SECRET).token(1, Rights.RECEIVE),
+    "channel-ref": lambda: _exchange().ref,
+    "value-with-channel": lambda: _exchange().value_with_channel,
+    "op-open-send": lambda: _exchange().plaintexts[0],
+    "op-ack-credit": lambda: _exchange().plaintexts[1],
+    "op-push": lambda: _exchange().plaintexts[2],
+    "op-credit": lambda: _exchange().plaintexts[3],
+    "op-recv": lambda: _exchange().plaintexts[4],
+    "op-deliver": lambda: _exchange().plaintexts[5],
+    "op-taken": lambda: _exchange().plaintexts[6],
 }
+
+
+def test_the_worked_exchange_reads_as_documented() -> None:
+    exchange = _exchange()
+    assert len(exchange.plaintexts) == 7
+    decoder = FrameDecoder(ConnectionConfig().max_frame_size)
+    frames = [decoder.decode(plaintext) for plaintext in exchange.plaintexts]
+    assert frames[1] == [[Kind.ACK, 1], [Kind.CREDIT, 1, 0, 4]]  # credit_target(8) == 4
+    assert frames[3] == [[Kind.CREDIT, 1, 2, 2]]  # acked up to seq 2; 2 more (4 again)
+    assert frames[5] == [[Kind.DELIVER, 2, msgpack.packb("job-1")]]
+    ref = ChannelRef.decode(exchange.ref)
+    assert (ref.home, ref.chan, ref.capacity, ref.rights) == (
+        RESPONDER_KEY.public,
+        1,
+        8,
+        Rights.BOTH,
+    )
+    decoded = msgpack.unpackb(exchange.value_with_channel)
+    assert decoded[0] == "reply"
+    assert decoded[1].code == _codec.EXT_CHANNEL
+    inner = ChannelRef.decode(decoded[1].data)
+    assert (inner.chan, inner.capacity, inner.rights) == (2, 0, Rights.SEND)
+    assert inner.receive_token is None
 
 
 def _documented() -> dict[str, str]:
@@ -135,10 +277,27 @@ def test_documented_hex_matches_the_code(name: str) -> None:
 
 
 def test_the_documented_handshake_is_what_connections_exchange() -> None:
-    # The Connection uses the same NoiseHandshake, so its message 1 has the same shape, and the
-    # documented first PART header is the one Connection.send produces.
-    message_1 = _handshake()[0]
-    assert len(message_1) == 48
+    # With the same ephemeral keys, two Connections exchange exactly the documented bytes:
+    # messages 1-3, then the responder's confirmation, then nothing until it has arrived.
+    with ephemerals(INITIATOR_EPHEMERAL, RESPONDER_EPHEMERAL):
+        initiator, responder = make_pair()
+        stream = []
+        for sender, receiver in [(initiator, responder), (responder, initiator)] * 2:
+            data = sender.data_to_send()
+            stream.append(data)
+            receiver.receive_data(data, 0.0)
+    assert stream == [
+        _documented_bytes("handshake-message-1"),
+        _documented_bytes("handshake-message-2"),
+        _documented_bytes("handshake-message-3"),
+        _documented_bytes("transport-confirmation"),
+    ]
+    # the initiator's first transport message answers the confirmation: PONG 0, nonce 0
+    cipher = responder._cipher
+    assert cipher is not None
+    (pong,) = split_messages(initiator.data_to_send())
+    assert cipher.decrypt(pong) == encode_frame([Kind.PONG, 0])
+    # and the documented first PART header is the one Connection.send produces
     initiator, responder = establish()
     initiator.send(_BIG_DELIVER)
     first = split_messages(initiator.data_to_send())[0]
@@ -181,8 +340,9 @@ def test_an_independent_noise_implementation_reproduces_the_documented_handshake
     message_3 = bytes(initiator.write_message(_documented_bytes("hello-initiator")))
     assert _wire(message_3) == _documented_bytes("handshake-message-3")
     assert bytes(responder.read_message(message_3)) == _documented_bytes("hello-initiator")
-    ping = bytes(initiator.encrypt(_documented_bytes("frame-ping")))
-    assert _wire(ping) == _documented_bytes("transport-ping")
+    confirmation = bytes(responder.encrypt(_documented_bytes("frame-confirmation")))
+    assert _wire(confirmation) == _documented_bytes("transport-confirmation")
+    assert bytes(initiator.decrypt(confirmation)) == b"\x92\x01\x00"
 
 
 def test_the_documented_tables_match_the_code() -> None:
@@ -208,7 +368,13 @@ def test_the_documented_tables_match_the_code() -> None:
     assert str(MAX_PAYLOAD_LEN) in text
     assert str(MAX_PLAINTEXT_LEN) in text
     assert f"{ConnectionConfig().max_frame_size:,}".replace(",", " ") in text
-    assert "<!-- operation semantics: to be completed with the node -->" in text
+    assert "to be completed" not in text
+    assert f"more than {MAX_OUTSTANDING:,}".replace(",", " ") in text
+    assert f"BLAKE2b-{8 * TOKEN_SIZE}" in text
+    assert f"ext type {_codec.EXT_CHANNEL}" in text
+    for capacity, credits in [(1, 1), (8, 4), (10_000, 1024), (math.inf, 1024)]:
+        assert credit_target(capacity) == credits
+    assert "max(1, min(capacity // 2, 1024))" in text
 
 
 if __name__ == "__main__":

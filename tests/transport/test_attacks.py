@@ -9,6 +9,7 @@ import pytest
 
 from qchan._errors import PeerLost, ProtocolError
 from qchan.protocol import ConnectionConfig, GoawayReason, Kind
+from qchan.protocol.frames import encode_frame
 from qchan.transport import Transport
 
 from ._helpers import FAST, Server, connect, listen, wait_for
@@ -52,28 +53,30 @@ async def test_half_open_flood_is_capped_and_then_drained() -> None:
     async with Transport() as transport:
         listener = await listen(transport, on_link=server, config=config, max_half_open=4)
         flood = [await dial(listener.address) for _ in range(4)]
-        flood_started = anyio.current_time()
-        await anyio.sleep(0.05)  # all four accepted and handshaking
-        for _ in range(4):  # closed at once (reset, perhaps before connect() even returns)
-            start = anyio.current_time()
-            try:
-                stream = await dial(listener.address)
-            except OSError:
-                pass
-            else:
-                await closed_within(stream, 0.2)
+        try:
+            flood_started = anyio.current_time()
+            await anyio.sleep(0.05)  # all four accepted and handshaking
+            for _ in range(4):  # closed at once (reset, perhaps before connect() even returns)
+                start = anyio.current_time()
+                try:
+                    stream = await dial(listener.address)
+                except OSError:
+                    pass
+                else:
+                    await closed_within(stream, 0.2)
+                    await stream.aclose()
+                assert anyio.current_time() - start < 0.2
+            with pytest.raises(PeerLost, match="cannot reach"):
+                await connect(transport, listener.address)
+            for stream in flood:  # the flood itself goes at its deadline
+                await closed_within(stream, 1.5)
+            assert anyio.current_time() - flood_started >= 0.45
+            link = await connect(transport, listener.address)  # and the door is open again
+            await wait_for(lambda: server.links)
+            link.close()
+        finally:  # (a failure above must not leave sockets for a later test's GC to find)
+            for stream in flood:
                 await stream.aclose()
-            assert anyio.current_time() - start < 0.2
-        with pytest.raises(PeerLost, match="cannot reach"):
-            await connect(transport, listener.address)
-        for stream in flood:  # the flood itself goes at its deadline
-            await closed_within(stream, 1.5)
-        assert anyio.current_time() - flood_started >= 0.45
-        link = await connect(transport, listener.address)  # and the door is open again
-        await wait_for(lambda: server.links)
-        link.close()
-        for stream in flood:
-            await stream.aclose()
 
 
 async def test_garbage_after_message_1_is_not_delivered() -> None:
@@ -101,17 +104,23 @@ async def test_fake_transport_message_instead_of_message_3_is_not_delivered() ->
 
 
 async def test_frames_right_behind_message_3_arrive_after_on_link_in_order() -> None:
+    # A dialler should wait for the listener's confirmation before it sends frames; one that
+    # seals them right behind message 3 (its keys exist by then) is understood all the same.
     server = Server()
     async with Transport() as transport:
         listener = await listen(transport, on_link=server)
         peer = Raw(await dial(listener.address))
         await peer.flush()
-        peer.conn.receive_data(await peer.stream.receive(), anyio.current_time())
-        for op in range(3):
-            peer.conn.send([Kind.RECV, op, 1])
-        await peer.flush()  # message 3 and a transport message, one write
+        assert peer.conn.receive_data(await peer.stream.receive(), anyio.current_time()) == []
+        cipher = peer.conn._cipher
+        assert cipher is not None
+        frames = b"".join(encode_frame([Kind.RECV, op, 1]) for op in range(3))
+        sealed = cipher.encrypt(frames)
+        message_3 = peer.conn.data_to_send()
+        await peer.stream.send(message_3 + len(sealed).to_bytes(2, "big") + sealed)  # one write
         await wait_for(lambda: server.inboxes and len(server.inboxes[0].frames) == 3)
         assert server.inboxes[0].frames == [[Kind.RECV, op, 1] for op in range(3)]
+        assert server.inboxes[0].calls == 1
         await peer.aclose()
 
 
