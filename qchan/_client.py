@@ -84,13 +84,13 @@ class RemoteEndpoint:
         "__weakref__",
         "closed_hint",
         "credit_waiters",
-        "credits",
         "drained_hint",
         "next_seq",
         "peer",
         "ref",
         "stale",
         "unacked",
+        "window",
     )
 
     local = False
@@ -98,7 +98,7 @@ class RemoteEndpoint:
     def __init__(self, peer: Peer, ref: ChannelRef) -> None:
         self.peer = peer
         self.ref = ref
-        self.credits = 0
+        self.window = 0  # the highest sequence number the home allows us (credit)
         self.next_seq = 0
         self.unacked: deque[tuple[int, bytes]] = deque()
         self.credit_waiters: deque[ClientOp] = deque()
@@ -144,7 +144,7 @@ class RemoteEndpoint:
         self._check_usable()
         if self.closed_hint:
             raise ChannelClosed("send on a closed channel")
-        if self.credits and self.peer.session is not None:
+        if self.window > self.next_seq and self.peer.session is not None:
             self._push(self.peer.encode_value(value))
             return True
         return False
@@ -152,7 +152,6 @@ class RemoteEndpoint:
     def _push(self, data: bytes) -> None:
         session = self.peer.session
         assert session is not None
-        self.credits -= 1
         self.next_seq += 1
         self.unacked.append((self.next_seq, data))
         self.peer.streaming.add(self)
@@ -190,16 +189,17 @@ class RemoteEndpoint:
 
     # --- credits ----------------------------------------------------------------------------
 
-    def credited(self, acked: int, grant: int) -> None:
-        """The home confirmed sends up to ``acked`` and granted ``grant`` more slots."""
+    def credited(self, acked: int, window: int) -> None:
+        """The home confirmed sends up to ``acked`` and allows sends up to ``window``."""
         unacked = self.unacked
         while unacked and unacked[0][0] <= acked:
             unacked.popleft()
         if not unacked:
             self.peer.streaming.discard(self)
-        self.credits += grant
+        if window > self.window:
+            self.window = window
         waiters = self.credit_waiters
-        while waiters and self.credits:
+        while waiters and self.window > self.next_seq:
             client = waiters.popleft()
             if client.op.claim(client.index):  # (a select may have done something else)
                 self._push(client.data or b"")
@@ -214,7 +214,7 @@ class RemoteEndpoint:
     def shut(self) -> None:
         """The home closed the channel: no more credit, and sends waiting for it fail."""
         self.closed_hint = True
-        self.credits = 0
+        self.window = self.next_seq
         self.fail_credit_waiters(ChannelClosed("send on a closed channel"))
 
     def fail_credit_waiters(self, error: QchanError) -> None:

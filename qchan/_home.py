@@ -7,8 +7,9 @@ remote waiter hears the outcome: a frame back over its link.
 
 :class:`Exports` is the table of channels this node has shown to others: ids, capability
 tokens, and which peers hold references (so channels nobody can reach any more are let go).
-:class:`CreditAccount` is a peer's standing on one buffered channel: buffer slots promised to
-it and the last credited send received from it (for de-duplication after a reconnect).
+:class:`CreditAccount` is a peer's standing on one buffered channel: the highest sequence
+number it may send under credit (its *window*), the last one received (for de-duplication
+after a reconnect), and what it was last told.
 """
 
 from __future__ import annotations
@@ -172,14 +173,32 @@ class RemoteReceiver:
 
 @final
 class CreditAccount:
-    """One peer's credits on one of our buffered channels."""
+    """One peer's credits on one of our buffered channels.
 
-    __slots__ = ("acked", "granted", "last_seq")
+    Credit is a window of sequence numbers, not a count, so that telling it again (after a
+    reconnect, when the last CREDIT may have been lost) is harmless: the peer may send up to
+    ``window``; slots for ``last_seq + 1 .. window`` are reserved in ``state``.
+    """
 
-    def __init__(self) -> None:
-        self.granted = 0  # slots reserved for this peer and not yet used
+    __slots__ = ("last_seq", "state", "told_acked", "told_window", "window")
+
+    def __init__(self, state: ChannelState | None) -> None:
+        self.state = state
         self.last_seq = 0  # the highest credited send received (sequence numbers start at 1)
-        self.acked = 0  # the highest one we have told the peer about
+        self.window = 0  # the highest sequence number granted
+        self.told_acked = -1  # what the peer was last told, on the current link
+        self.told_window = -1
+
+    @property
+    def outstanding(self) -> int:
+        """Slots reserved for this peer and not yet used."""
+        return max(self.window - self.last_seq, 0)
+
+    def release(self) -> None:
+        """Give the reserved slots back (the peer left, or let the channel go)."""
+        if self.state is not None and self.outstanding:
+            self.state.unreserve(self.outstanding)
+        self.window = self.last_seq
 
 
 def credit_target(capacity: float) -> int:

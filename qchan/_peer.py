@@ -13,6 +13,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any, final
 
+from qchan._channel import ChannelState
 from qchan._client import CREDIT_WAIT, PARKED, ClientOp, RemoteEndpoint
 from qchan._errors import PeerLost, QchanError
 from qchan._home import CreditAccount
@@ -43,6 +44,7 @@ class Peer:
         "endpoints",
         "incarnation",
         "key",
+        "left_at",
         "name",
         "node",
         "parked",
@@ -61,6 +63,7 @@ class Peer:
         self.sessions: list[Session] = []  # every open link (a duplicate drains here)
         self.parked: list[ClientOp] = []  # operations waiting for a link
         self.dialing = False
+        self.left_at: float | None = None  # when its last link ended (None: connected)
         self.discovered = False  # announced by discovery and kept dialled while it is
         self.candidates: list[str] = []  # addresses discovery gave for it
         self.endpoints: weakref.WeakValueDictionary[int, RemoteEndpoint] = (
@@ -118,10 +121,10 @@ class Peer:
     def encode_value(self, value: Any) -> bytes:
         return self.node.encode_value(value, self)
 
-    def credit_account(self, chan: int) -> CreditAccount:
+    def credit_account(self, chan: int, state: ChannelState | None) -> CreditAccount:
         account = self.credit_accounts.get(chan)
         if account is None:
-            account = self.credit_accounts[chan] = CreditAccount()
+            account = self.credit_accounts[chan] = CreditAccount(state)
         return account
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -163,6 +166,7 @@ class Peer:
     def attach(self, session: Session) -> None:
         """A new link to this peer is up."""
         self.sessions.append(session)
+        self.left_at = None
         current = self.session
         if current is None:
             self.session = session
@@ -172,6 +176,8 @@ class Peer:
         else:
             session.retired = True
             return
+        for account in self.credit_accounts.values():
+            account.told_window = account.told_acked = -1  # tell it all again on this link
         for endpoint in list(self.endpoints.values()):
             session.ensure_open(endpoint)
         for endpoint in list(self.streaming):
@@ -189,6 +195,7 @@ class Peer:
             if self.session is not None:
                 self.session.retired = False
         if self.session is None:
+            self.left_at = self.node.now()
             lost = PeerLost(f"lost the connection to {self.label}: {error}")
             for endpoint in self.streaming:
                 endpoint.fail_credit_waiters(lost)
@@ -199,16 +206,39 @@ class Peer:
             if session.retired and session.idle and not session.closed:
                 session.link.close(GoawayReason.DUPLICATE, "another link is kept")
 
-    def restarted(self) -> None:
-        """The peer came back as a new process: whatever we held of the old one is void."""
-        log.info("%s restarted", self.label)
+    def adopt_incarnation(self, incarnation: bytes) -> None:
+        """A link to the peer's process ``incarnation`` is up.
+
+        References minted by any other run of it name channels that are gone: their endpoints
+        turn stale and what waits on them fails (they would OPEN with tokens this run never
+        issued). If the peer restarted, what it held of ours is void too.
+        """
+        if incarnation == self.incarnation:
+            return
+        restarted = self.incarnation is not None
+        self.incarnation = incarnation
+        if restarted:
+            log.info("%s restarted", self.label)
         gone = PeerLost(f"{self.label} restarted: its channels are gone; look them up again")
-        for endpoint in list(self.endpoints.values()):
+        stale = [e for e in self.endpoints.values() if e.ref.incarnation != incarnation]
+        for endpoint in stale:
             endpoint.stale = True
             endpoint.fail_credit_waiters(gone)
-        self.fail_parked(gone)  # (they would OPEN with tokens the new run never issued)
-        self.endpoints.clear()
-        self.streaming.clear()
+            self.streaming.discard(endpoint)
+            del self.endpoints[endpoint.ref.chan]
+        parked, self.parked = self.parked, []
+        for client in parked:
+            if client.endpoint.stale:
+                client.op.finish(client.index, error=gone)
+            else:
+                self.parked.append(client)
+        if restarted:
+            self.release_holdings()
+
+    def release_holdings(self) -> None:
+        """The peer is gone for good: the slots and channels it held of ours are let go."""
+        for account in self.credit_accounts.values():
+            account.release()
         self.credit_accounts.clear()
         self.node.exports.forget_holder(self.key)
 

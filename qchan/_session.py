@@ -234,24 +234,26 @@ class Session:
             self.grant_credits(state.export_id)
 
     def grant_credits(self, chan: int) -> None:
-        """Top up the peer's credits on ``chan`` once half are used, confirming what arrived.
+        """Widen the peer's window on ``chan`` once half is used, confirming what arrived.
 
-        A peer that has used all its credits always gets an answer, even without new credit
+        A peer that has used its whole window always gets an answer, even without new credit
         (its next sends wait for it, then go as plain sends). Otherwise confirmations ride
-        along with top-ups: about one CREDIT frame per half a target's worth of sends.
+        along with top-ups: about one CREDIT frame per half a target's worth of sends. After
+        a reconnect everything is told again (the last CREDIT may have been lost).
         """
         grant = self.grants.get(chan)
         state = grant[0] if grant is not None and grant[1] & Rights.SEND else None
-        account = self.peer.credit_account(chan)
-        new = 0
+        account = self.peer.credit_account(chan, state)
         if state is not None and state.capacity and not state.closed:  # (a rendezvous: never)
             target = credit_target(state.capacity)
-            if account.granted <= target // 2:
-                new = state.reserve(target - account.granted)
-                account.granted += new
-        if new or (account.granted == 0 and account.acked != account.last_seq):
-            account.acked = account.last_seq
-            self.send([Kind.CREDIT, chan, account.last_seq, new])
+            outstanding = account.outstanding
+            if outstanding <= target // 2:
+                account.window += state.reserve(target - outstanding)
+        if account.window != account.told_window or (
+            not account.outstanding and account.told_acked != account.last_seq
+        ):
+            account.told_window, account.told_acked = account.window, account.last_seq
+            self.send([Kind.CREDIT, chan, account.last_seq, account.window])
 
     # --- handlers: the peer's requests to us as home -------------------------------------
 
@@ -260,6 +262,8 @@ class Session:
         state = self.node.exports.open(chan, rights, tokens, self.peer.key)
         earlier = self.grants.get(chan)
         self.grants[chan] = (state, rights | earlier[1] if earlier else rights)
+        if state is not None and state.closed:
+            self.send([Kind.SHUT, chan])  # it closed while the peer was away
 
     def _on_send(self, frame: Frame) -> None:
         _, op_id, chan, mode, data = frame
@@ -283,23 +287,25 @@ class Session:
     def _on_push(self, frame: Frame) -> None:
         _, chan, seq, data = frame
         state = self._channel(chan, Rights.SEND)
-        account = self.peer.credit_account(chan)
+        account = self.peer.credit_account(chan, state)
+        self._credit_dirty.add(chan)  # every batch of credited sends is answered
         if seq <= account.last_seq:
             return  # sent again after a reconnect, and we have it already
+        reserved = seq <= account.window
         account.last_seq = seq
-        self._credit_dirty.add(chan)
         if state is None:
             return  # the channel is gone: nobody could ever receive it
         try:
             value = self._decode(data)
         except ProtocolError as exc:
             log.error("dropped a value from %s that cannot be decoded: %s", self.peer.label, exc)
+            if reserved:
+                state.unreserve(1)
             return
-        if account.granted > 0:
-            account.granted -= 1
+        if reserved:
             state.put_reserved(value)
         else:
-            # A credit we no longer hold (our record was reset): never lose the value.
+            # A credit we no longer hold (released while the peer was away): never lose it.
             state.put_unreserved(value)
 
     def _on_recv(self, frame: Frame) -> None:
@@ -370,22 +376,11 @@ class Session:
 
     def _on_release(self, frame: Frame) -> None:
         chan = frame[1]
-        grant = self.grants.pop(chan, None)
-        self.opened.discard(chan)
+        self.grants.pop(chan, None)
         self.node.exports.release(chan, self.peer.key)
         account = self.peer.credit_accounts.pop(chan, None)
-        if account is not None and account.granted and grant is not None and grant[0] is not None:
-            grant[0].unreserve(account.granted)
-
-    def _on_return(self, frame: Frame) -> None:
-        _, chan, count = frame
-        grant = self.grants.get(chan)
-        account = self.peer.credit_accounts.get(chan)
-        if grant is None or account is None or grant[0] is None:
-            return
-        count = min(count, account.granted)
-        account.granted -= count
-        grant[0].unreserve(count)
+        if account is not None:
+            account.release()
 
     def _on_lookup(self, frame: Frame) -> None:
         _, req, name = frame
@@ -471,13 +466,10 @@ class Session:
             endpoint.shut()
 
     def _on_credit(self, frame: Frame) -> None:
-        _, chan, acked, grant = frame
+        _, chan, acked, window = frame
         endpoint = self.peer.endpoints.get(chan)
-        if endpoint is None:
-            if grant:
-                self.send([Kind.RETURN, chan, grant])
-            return
-        endpoint.credited(acked, grant)
+        if endpoint is not None:  # (else released: our RELEASE gives the slots back)
+            endpoint.credited(acked, window)
 
     def _on_found(self, frame: Frame) -> None:
         replies = self.lookups.pop(frame[1], None)
@@ -511,7 +503,6 @@ _HANDLERS: Final[dict[int, Callable[[Session, Frame], None]]] = {
     Kind.DENY: Session._on_deny,
     Kind.CLOSE: Session._on_close,
     Kind.RELEASE: Session._on_release,
-    Kind.RETURN: Session._on_return,
     Kind.LOOKUP: Session._on_lookup,
     Kind.ACK: Session._on_ack,
     Kind.DELIVER: Session._on_deliver,

@@ -396,10 +396,8 @@ class Node:
         peer = self._peers.get(key)
         if peer is None:
             peer = self._peers[key] = Peer(self, key)
-        if peer.incarnation is not None and peer.incarnation != hello.incarnation:
-            peer.restarted()
         first = peer.session is None
-        peer.incarnation = hello.incarnation
+        peer.adopt_incarnation(hello.incarnation)
         peer.name = hello.name
         if hello.address:
             peer.address = hello.address
@@ -523,11 +521,21 @@ class Node:
         finally:
             peer.discovered = False
 
+    def now(self) -> float:
+        return anyio.current_time()
+
     async def _housekeeping(self) -> None:
+        # A peer away this long is gone for good: the buffer slots and channels it held here
+        # are let go (a peer back sooner resumes where it was: credited sends are resent).
+        forget_after = 2 * self._config.peer_timeout
         while True:
             await anyio.sleep(_HOUSEKEEPING_PERIOD)
+            now = anyio.current_time()
             for peer in list(self._peers.values()):
                 peer.close_idle_duplicates()
+                if peer.left_at is not None and now - peer.left_at > forget_after:
+                    peer.left_at = None
+                    peer.release_holdings()
 
 
 def _public_key(key: bytes | NodeKey) -> bytes:

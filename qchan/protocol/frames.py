@@ -66,7 +66,6 @@ class Kind(IntEnum):
     DENY = 0x28  # [op]                       no to CLAIM: the select did something else
     CLOSE = 0x29  # [chan]                    close the channel
     RELEASE = 0x2A  # [chan]                  this node dropped its last handle to `chan`
-    RETURN = 0x2B  # [chan, count]            unused credits handed back
     # replies from a channel's home
     ACK = 0x30  # [op]                        the SEND completed (taken, or buffered)
     DELIVER = 0x31  # [op, value]             a value for RECV: answer TAKEN or REFUSED
@@ -74,7 +73,7 @@ class Kind(IntEnum):
     CLAIM = 0x33  # [op]                      may this select-mode SEND happen now?
     CANCELLED = 0x34  # [op]                  the CANCEL won: the operation did not happen
     FAILED = 0x35  # [op, code, text]         the operation was refused (error code)
-    CREDIT = 0x36  # [chan, acked, grant]     PUSHes up to seq `acked` are in; `grant` more
+    CREDIT = 0x36  # [chan, acked, window]    PUSHes up to seq `acked` are in; push up to `window`
     UNCLAIM = 0x37  # [op]                    a GRANT could not be used: the select is free
     SHUT = 0x38  # [chan]                     the channel was closed: credits on it are void
 
@@ -124,7 +123,6 @@ SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
     Kind.DENY: (int,),
     Kind.CLOSE: (int,),
     Kind.RELEASE: (int,),
-    Kind.RETURN: (int, int),
     Kind.ACK: (int,),
     Kind.DELIVER: (int, bytes),
     Kind.CLOSED: (int,),
