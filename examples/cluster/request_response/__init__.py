@@ -1,0 +1,1 @@
+"""qchan cluster examples (see README.md)."""
