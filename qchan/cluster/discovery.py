@@ -120,6 +120,7 @@ class Discovery:
         self.public_key = public_key
         self.tag = cluster_tag(cluster_key)
         self.instance = f"{instance_label(name, public_key)}.{SERVICE_TYPE}"
+        self.addresses: list[str] = []  # what our record advertises, once started
         self._listen_at = parse_address(address)
         self._on_found = on_found
         self._on_lost = on_lost
@@ -160,8 +161,10 @@ class Discovery:
         self._started = True
         self._post = _poster()
         try:
-            addresses = await anyio.to_thread.run_sync(self._open)
-            await self._call(self._zc_start(addresses))
+            hosts = await anyio.to_thread.run_sync(self._open)
+            port = self._listen_at.port
+            self.addresses = [f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts]
+            await self._call(self._zc_start(hosts))
         except BaseException:
             await self.stop()
             raise
@@ -194,7 +197,7 @@ class Discovery:
             )
 
     def _open(self) -> list[str]:
-        """(A worker thread.) Start zeroconf's thread; return the addresses to advertise.
+        """(A worker thread.) Start zeroconf's thread; return the IPs to advertise.
 
         Sets ``self._zc`` itself, so that a start() cancelled meanwhile still closes it.
         """
@@ -244,12 +247,12 @@ class Discovery:
 
     # --- zeroconf's loop -----------------------------------------------------------------
 
-    async def _zc_start(self, addresses: list[str]) -> None:
+    async def _zc_start(self, hosts: list[str]) -> None:
         zc = self._zc
         assert zc is not None
         self._browser = AsyncServiceBrowser(zc, SERVICE_TYPE, handlers=[self._zc_on_change])
         self._spawn(self._zc_watch())
-        if not addresses:
+        if not hosts:
             return
         label = self.instance[: -len(SERVICE_TYPE) - 1]
         info = AsyncServiceInfo(
@@ -258,7 +261,7 @@ class Discovery:
             port=self._listen_at.port,
             properties=encode_txt(self.name, self.public_key, self.tag),
             server=f"{label}.local.",
-            parsed_addresses=addresses,
+            parsed_addresses=hosts,
             host_ttl=self._ttl,
             other_ttl=self._ttl,
         )
@@ -330,10 +333,11 @@ class Discovery:
         )
 
     def _zc_apply(self, instance: str, announcement: Announcement | None) -> None:
+        post = self._post
+        assert post is not None
         for change in self._candidates.update(instance, announcement):
             try:
-                assert self._post is not None
-                self._post(self._deliver, change)
+                post(self._deliver, change)
             except RuntimeError:
                 pass  # the node's event loop has ended: nobody is left to tell
         if instance not in self._candidates:
@@ -352,8 +356,9 @@ class Discovery:
     def _zc_expire(self) -> None:
         """Drop candidates whose SRV record expired; ask again for those half-way there.
 
-        A record missing from zeroconf's cache (bounded at 10,000 records, so a flood can
-        evict real ones) is asked for too, and dropped only if still missing a while later.
+        Records that changed lately are read again (see ``_zc_on_change``). A record missing
+        from zeroconf's cache (bounded at 10,000 records, so a flood can evict real ones) is
+        asked for too, and dropped only if still missing a while later.
         """
         zc = self._zc
         assert zc is not None
@@ -361,7 +366,8 @@ class Discovery:
         for instance, until in list(self._recheck.items()):
             if now >= until or instance not in self._candidates:
                 del self._recheck[instance]
-            self._zc_lookup(instance)
+            if instance in self._candidates:
+                self._zc_lookup(instance)
         query = DNSOutgoing(_FLAGS_QR_QUERY)
         asking = 0
         for instance in self._candidates.instances():
@@ -373,7 +379,7 @@ class Discovery:
                 due = freshest.is_stale(now)
                 again = max(1000.0, freshest.ttl * 1000 / 8)
             elif records or now >= self._missing.setdefault(instance, now + _MISSING_GRACE):
-                self._zc_apply(instance, None)  # expired: its node was asked, and is silent
+                self._zc_apply(instance, None)  # expired: not renewed, its node is silent
                 continue
             else:
                 due, again = True, 1000.0
