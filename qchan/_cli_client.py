@@ -2,7 +2,9 @@
 
 Each of these commands starts a node of its own (an ephemeral identity unless ``--key`` or
 ``$QCHAN_KEY``), reaches the cluster through ``--peer ADDR`` (discovery off) or else by mDNS,
-does its one thing and closes the node, so the peers see it leave at once.
+does its one thing and closes the node, so the peers see it leave at once. With ``--peer``,
+the node at ADDR is a way in: the command asks it for the nodes it sees (the service of
+``_cli_service``) and dials them too, so that a lookup finds channels hosted anywhere.
 
 ``recv`` prints each value as one line of JSON. A value, or a part of one, that JSON cannot
 represent (bytes, a set, a channel, an instance of a registered type, NaN or an infinity, a map

@@ -202,7 +202,7 @@ def logging_to_stderr(level: int) -> Iterator[None]:
     logger = logging.getLogger("qchan")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     )
     saved_level, saved_propagate = logger.level, logger.propagate
     logger.addHandler(handler)

@@ -49,6 +49,9 @@ _PROBE_TIMEOUT = 5.0
 
 _NODE_HELP = """\
 Run a qchan node. `qchan node start --help` shows the options.
+
+example:
+  qchan node start --cluster-key cluster.key --channel jobs:16
 """
 
 _START_HELP = """\

@@ -250,8 +250,9 @@ class Exports:
     def __len__(self) -> int:
         return len(self._strong)
 
-    def ref(self, state: ChannelState, rights: int, holder: bytes) -> ChannelRef:
-        """A reference to ``state`` with ``rights``, given to the peer ``holder``."""
+    def ref(self, state: ChannelState, rights: int, holder: bytes, address: str = "") -> ChannelRef:
+        """A reference to ``state`` with ``rights``, given to the peer ``holder``, naming
+        ``address`` (default: ours) as where to reach this node."""
         chan = state.export_id
         if chan is None:
             chan = state.export_id = next(self._ids)
@@ -261,7 +262,13 @@ class Exports:
         self._holders.setdefault(chan, set()).add(holder)
         send, receive = self._minter.tokens(chan, rights)
         return ChannelRef(
-            self.home, self.incarnation, self.address, chan, state.capacity, send, receive
+            self.home,
+            self.incarnation,
+            address or self.address,
+            chan,
+            state.capacity,
+            send,
+            receive,
         )
 
     def resolve(self, ref: ChannelRef) -> ChannelState | None:

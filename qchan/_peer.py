@@ -48,6 +48,7 @@ class Peer:
         "name",
         "node",
         "parked",
+        "redialing",
         "session",
         "sessions",
         "streaming",
@@ -65,6 +66,7 @@ class Peer:
         self.dialing = False
         self.left_at: float | None = None  # when its last link ended (None: connected)
         self.discovered = False  # announced by discovery and kept dialled while it is
+        self.redialing = False  # the task that keeps it dialled is running
         self.candidates: list[str] = []  # addresses discovery gave for it
         self.endpoints: weakref.WeakValueDictionary[int, RemoteEndpoint] = (
             weakref.WeakValueDictionary()
@@ -79,6 +81,18 @@ class Peer:
     @property
     def connected(self) -> bool:
         return self.session is not None
+
+    @property
+    def forgettable(self) -> bool:
+        """Never reached and holding nothing: dropping it loses nothing."""
+        return not (
+            self.name
+            or self.sessions
+            or self.parked
+            or self.endpoints
+            or self.credit_accounts
+            or self.dialing
+        )
 
     # --- our operations on its channels -----------------------------------------------------
 

@@ -384,7 +384,7 @@ class Session:
 
     def _on_lookup(self, frame: Frame) -> None:
         _, req, name = frame
-        ref = self.node.ref_for_name(name, self.peer.key)
+        ref = self.node.ref_for_name(name, self.peer)
         if ref is None:
             self.send([Kind.NOTFOUND, req])
         else:

@@ -60,6 +60,7 @@ _REDIAL_MIN: Final = 0.1
 _REDIAL_MAX: Final = 2.0
 _LOOKUP_RETRY: Final = 0.25
 _MAX_DISCOVERED_PEERS: Final = 1024
+_WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
 
 
 @final
@@ -206,13 +207,7 @@ class Node:
                 config=self._config,
             )
             self._listener = listener
-            self._hello = Hello(self.name, self._incarnation, listener.address)
-            listener.params = replace(listener.params, hello=self._hello)
-            self.exports.address = listener.address
             self._running = True
-            for address in self._peer_addresses:
-                tasks.start_soon(self._keep_dialled, address)
-            tasks.start_soon(self._housekeeping)
             if self._discovery_wanted:
                 # The one place the node reaches up into qchan.cluster: zeroconf lives there.
                 from qchan.cluster.discovery import Discovery
@@ -226,6 +221,19 @@ class Node:
                     on_lost=self._undiscovered,
                 )
                 await self._discovery.start()
+            # The address peers may dial back (and references name): ours, unless we listen
+            # on every interface; then what discovery advertises, or nothing (a peer then
+            # keeps the address it dialled us at).
+            advertised = listener.address
+            if not self._listen_at.is_unix and self._listen_at.host in _WILDCARD_HOSTS:
+                found = self._discovery.addresses if self._discovery is not None else []
+                advertised = found[0] if found else ""
+            self._hello = Hello(self.name, self._incarnation, advertised)
+            listener.params = replace(listener.params, hello=self._hello)
+            self.exports.address = advertised or listener.address
+            for address in self._peer_addresses:
+                tasks.start_soon(self._keep_dialled, address)
+            tasks.start_soon(self._housekeeping)
         except BaseException:
             await self._stop()
             raise
@@ -284,14 +292,31 @@ class Node:
             raise ValueError(f"a channel named {name!r} is already registered on this node")
         self._registry[name] = channel
 
-    def ref_for_name(self, name: str, holder: bytes) -> bytes | None:
-        """A reference to the channel registered as ``name``, for the peer ``holder``."""
+    def ref_for_name(self, name: str, peer: Peer) -> bytes | None:
+        """A reference to the channel registered as ``name``, for ``peer``."""
         handle = self._registry.get(name)
         if handle is None:
             return None
         state = handle._endpoint
         assert isinstance(state, ChannelState)
-        return self.exports.ref(state, _rights_of(handle), holder).encode()
+        return self.exports.ref(
+            state, _rights_of(handle), peer.key, self._address_seen_by(peer)
+        ).encode()
+
+    def _address_seen_by(self, peer: Peer) -> str:
+        """Where ``peer`` (and those it passes references to) can reach us.
+
+        A node listening on every interface (0.0.0.0) has no one address: the right one is
+        the address the peer's link reached us at, with our port.
+        """
+        listening = self._listen_at
+        if listening.is_unix or listening.host not in _WILDCARD_HOSTS:
+            return self.address
+        session = peer.session
+        if session is not None and session.link.local_address:
+            host = parse_address(session.link.local_address).host
+            return str(replace(listening, host=host, port=parse_address(self.address).port))
+        return self._hello.address or self.address
 
     async def lookup(self, name: str, timeout: float = 5.0) -> Channel[Any]:  # noqa: ASYNC109
         """Find the channel registered as ``name`` anywhere in the cluster.
@@ -352,7 +377,9 @@ class Node:
             endpoint = handle._endpoint
             rights = _rights_of(handle)
             if isinstance(endpoint, ChannelState):
-                return self.exports.ref(endpoint, rights, peer.key).encode()
+                return self.exports.ref(
+                    endpoint, rights, peer.key, self._address_seen_by(peer)
+                ).encode()
             if isinstance(endpoint, RemoteEndpoint):
                 return endpoint.ref.restricted(rights).encode()
             raise TypeError(f"cannot send a {type(endpoint).__name__} channel")
@@ -432,6 +459,9 @@ class Node:
             config=self._config,
         )
         self._on_link(link)
+        peer = self._peers.get(link.remote_key)
+        if peer is not None and not peer.address:
+            peer.address = str(address)  # it did not say where it listens: here, it seems
         return link
 
     def need_connection(self, peer: Peer) -> None:
@@ -482,26 +512,35 @@ class Node:
         peer = self._peers.get(public_key)
         if peer is None:
             if len(self._peers) >= _MAX_DISCOVERED_PEERS:
-                return  # a flood of announcements cannot grow our tables without bound
+                # A flood of announcements cannot grow our tables without bound: make room
+                # among peers never reached that hold nothing, else ignore this one.
+                idle = [k for k, p in self._peers.items() if p.forgettable and not p.discovered]
+                if not idle:
+                    return
+                del self._peers[idle[0]]
             peer = self._peers[public_key] = Peer(self, public_key)
         peer.candidates = addresses
         if not peer.address:
             peer.address = addresses[0]
-        if not peer.discovered and self._tasks is not None:
-            peer.discovered = True
+        peer.discovered = True
+        if not peer.redialing and self._tasks is not None:
+            peer.redialing = True
             self._tasks.start_soon(self._keep_discovered, peer)
 
     def _undiscovered(self, public_key: bytes) -> None:
         """A discovered node said goodbye, or its record expired: stop dialling it."""
         peer = self._peers.get(public_key)
-        if peer is not None:
-            peer.discovered = False
+        if peer is None:
+            return
+        peer.discovered = False
+        if peer.forgettable:  # never reached, holds nothing (a forged record, say)
+            del self._peers[public_key]
 
     async def _keep_discovered(self, peer: Peer) -> None:
         """Keep a discovered peer dialled while it is announced (with backoff)."""
         delay = _REDIAL_MIN
         try:
-            while peer.discovered:
+            while peer.discovered and self._running:
                 if peer.session is None:
                     await self._dial_budget.take()
                     for address in list(peer.candidates):
@@ -519,7 +558,7 @@ class Node:
                         continue
                 await anyio.sleep(_HOUSEKEEPING_PERIOD)
         finally:
-            peer.discovered = False
+            peer.redialing = False
 
     def now(self) -> float:
         return anyio.current_time()
