@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qchan import NodeKey
-from tests.cli._helpers import SIGNALS, NodeProcess, Process, run_script
+from tests.cli._helpers import SIGNALS, NodeProcess, Process, free_port, run_script
 from tests.cli.conftest import Keys
 
 # A peer that stops without a GOAWAY is noticed only after the heartbeat timeout (3 s); a
@@ -112,3 +112,26 @@ def test_a_node_on_a_unix_socket_with_a_key_from_the_environment(
 
 def run_fingerprint(path: Path) -> str:
     return NodeKey.load(path).fingerprint
+
+
+def test_peers_that_cannot_be_reached_at_start_are_warned_about(tmp_path: Path, keys: Keys) -> None:
+    stranger = NodeProcess(tmp_path, "stranger", keys.other_cluster)
+    unreachable = f"127.0.0.1:{free_port()}"
+    node = None
+    try:
+        node = NodeProcess(
+            tmp_path, "hopeful", keys.cluster, "--peer", unreachable, "--peer", stranger.address
+        )
+        node.wait_for_err(
+            rf"WARNING qchan.cli: --peer {unreachable}: cannot reach {unreachable}: "
+            r"connection refused \(still trying\)"
+        )
+        node.wait_for_err(
+            rf"WARNING qchan.cli: --peer {stranger.address}: cannot authenticate with "
+            rf"{stranger.address}: .*wrong cluster key.* \(still trying\)"
+        )
+        assert node.popen.poll() is None  # a node keeps running, and dialling
+    finally:
+        if node is not None:
+            node.stop()
+        stranger.stop()

@@ -31,9 +31,8 @@ def test_every_subcommand_has_help_with_an_example(
     result = run_main(capsys, *command, "--help")
     assert result.code == 0
     assert result.out.startswith(f"usage: qchan {' '.join(command)}")
-    if command != ["node"]:
-        assert "example" in result.out
-        assert f"qchan {' '.join(command)} " in result.out.split("example", 1)[1]
+    assert "example" in result.out
+    assert f"qchan {' '.join(command)} " in result.out.split("example", 1)[1]
 
 
 def test_no_subcommand_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
