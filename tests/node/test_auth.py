@@ -16,6 +16,8 @@ import pytest
 
 import qchan
 from qchan import _codec
+from qchan._channel import ChannelState
+from qchan.protocol import Rights
 from tests.node._helpers import connected_to, make_node
 
 pytestmark = pytest.mark.anyio
@@ -28,8 +30,9 @@ def _leak(victim: qchan.Node, name: str, to: qchan.Node) -> Any:
 
     As if it had leaked: ``to`` holds a handle without ever having been admitted.
     """
-    ref = victim.ref_for_name(name, to.public_key)
-    assert ref is not None
+    state = victim._registry[name]._endpoint
+    assert isinstance(state, ChannelState)
+    ref = victim.exports.ref(state, Rights.BOTH, to.public_key).encode()
     data = _codec.encode(qchan.Channel(0), channel_encoder=lambda _: ref)
     return to.decode_value(data)
 
