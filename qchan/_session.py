@@ -197,6 +197,10 @@ class Session:
             if waiter.pending is None and waiter.withdraw():
                 self.served(op_id)
                 self.send(error_frame(op_id, PeerLost(f"{text}; the operation did not happen")))
+        for chan in self.opened:
+            # We hold nothing of the peer's any more: its buffer slots and holder records go
+            # at once, not after the grace a peer that may come back is given.
+            self.send([Kind.RELEASE, chan])
         self.link.close(GoawayReason.SHUTDOWN, text)
 
     # --- home side helpers ---------------------------------------------------------------

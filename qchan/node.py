@@ -411,7 +411,7 @@ class Node:
 
     # --- links -------------------------------------------------------------------------------
 
-    def _on_link(self, link: Link) -> None:
+    def _on_link(self, link: Link, dialled: str = "") -> None:
         """An authenticated link (dialled or accepted): attach it to its peer."""
         key, hello = link.remote_key, link.remote_hello
         if key == self.public_key:
@@ -428,6 +428,8 @@ class Node:
         peer.name = hello.name
         if hello.address:
             peer.address = hello.address
+        elif dialled and not peer.address:
+            peer.address = dialled  # it did not say where it listens: where we reached it
         session = Session(self, peer, link)
         link.start(session.on_frames, session.on_closed)
         peer.attach(session)
@@ -458,10 +460,7 @@ class Node:
             expected_remote_key=expected,
             config=self._config,
         )
-        self._on_link(link)
-        peer = self._peers.get(link.remote_key)
-        if peer is not None and not peer.address:
-            peer.address = str(address)  # it did not say where it listens: here, it seems
+        self._on_link(link, dialled=str(address))
         return link
 
     def need_connection(self, peer: Peer) -> None:

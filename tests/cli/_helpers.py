@@ -210,3 +210,20 @@ def interrupt_code(signum: int) -> int:
 
 
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+
+
+def run_script_unprivileged(*argv: str, timeout: float = 20) -> Result:
+    """The ``qchan`` script in a subprocess without root's powers over file permissions.
+
+    As root (CI runs as root) the script runs without the capabilities that bypass file
+    modes (util-linux's ``setpriv``), so that a file of mode 000 really is unreadable.
+    """
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to test file permissions as root"
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    done = subprocess.run(
+        [*prefix, script(), *argv], capture_output=True, text=True, timeout=timeout, env=BASE_ENV
+    )
+    return Result(done.returncode, done.stdout, done.stderr)

@@ -54,12 +54,6 @@ def test_send_then_recv_in_process(
     assert (result.code, result.out) == (0, "4\n"), result.err
 
 
-@pytest.mark.xfail(
-    reason="node: buffer slots reserved (by credit) for a peer that left with a GOAWAY are "
-    "released only after 2 x peer_timeout (6 s), so successive short-lived senders to a "
-    "bounded buffered channel stall",
-    strict=False,
-)
 def test_successive_sends_to_a_bounded_buffer_do_not_stall(tmp_path: Path, keys: Keys) -> None:
     home = NodeProcess(tmp_path, "bounded", keys.cluster, "--channel", "slots:4")
     try:

@@ -3,19 +3,11 @@ the cluster by mDNS. (Nodes listening on 127.0.0.1 run mDNS on the loopback inte
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.cli._helpers import NodeProcess, run_script
 from tests.cli.conftest import Keys
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("qchan.cluster.discovery") is None,
-    reason="mDNS discovery (qchan.cluster.discovery) is not in this tree yet",
-)
 
 
 def test_commands_find_a_node_by_mdns(tmp_path: Path, keys: Keys) -> None:
