@@ -156,9 +156,9 @@ def test_wrong_wire_types_are_refused(wire: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", [0, 5, 0x0F, 0x13, 0x1F, 0x2C, 0x39, 0x3F, 0x7F, 0xFF, 2**16, MAX_UINT, -1]
+    "kind", [0, 5, 0x0F, 0x13, 0x1F, 0x2B, 0x2C, 0x39, 0x3F, 0x7F, 0xFF, 2**16, MAX_UINT, -1]
 )
-def test_unknown_kinds_are_refused(kind: int) -> None:
+def test_unknown_kinds_are_refused(kind: int) -> None:  # (0x2B was RETURN: no longer a kind)
     with pytest.raises(ProtocolError, match="unknown frame kind"):
         validate([kind, 1])
     with pytest.raises(ProtocolError, match="unknown frame kind"):
@@ -171,6 +171,14 @@ def test_unclaim_and_shut_are_one_uint_each() -> None:
     assert encode_frame([Kind.UNCLAIM, 7]) == b"\x92\x37\x07"
     assert encode_frame([Kind.SHUT, 3]) == b"\x92\x38\x03"
     assert decode(b"\x92\x37\x07\x92\x38\x03") == [[Kind.UNCLAIM, 7], [Kind.SHUT, 3]]
+
+
+def test_credit_is_chan_acked_window_and_return_is_gone() -> None:
+    assert Kind(0x36) is Kind.CREDIT
+    assert SCHEMAS[Kind.CREDIT] == (int, int, int)  # [chan, acked, window]
+    assert encode_frame([Kind.CREDIT, 3, 301, 316]) == b"\x94\x36\x03\xcd\x01\x2d\xcd\x01\x3c"
+    assert "RETURN" not in Kind.__members__
+    assert 0x2B not in SCHEMAS
 
 
 def _reference_validate(frame: object) -> bool:

@@ -43,6 +43,7 @@ from ._helpers import (
     make_pair,
     split_messages,
 )
+from ._sessions import RecordingLink, lose
 
 DOC: Final = Path(__file__).parents[2] / "docs" / "protocol.md"
 _BLOCK: Final = re.compile(r"<!-- example: ([\w-]+) -->\s*```hex\n(.*?)```", re.S)
@@ -93,32 +94,14 @@ TOKEN_SECRET: Final = bytes(range(0xC0, 0xE0))
 """The home's token secret in the worked example (a node draws 32 random bytes at start)."""
 
 
-class _Link:
-    """Just enough of a transport link for a Session: it records what the session sends."""
-
-    initiator = False
-
-    def __init__(self) -> None:
-        self.sent: list[list[Any]] = []
-
-    def send(self, frame: list[Any]) -> None:
-        self.sent.append(frame)
-
-    def close(self, *args: object) -> None:
-        raise AssertionError(f"the home closed the link: {args}")
-
-    def pause_reading(self) -> None:
-        raise AssertionError("paused")
-
-    def resume_reading(self) -> None:
-        raise AssertionError("resumed")
-
-
 @dataclass(frozen=True)
 class _Exchange:
     ref: bytes  # the reference alpha holds to beta's channel 1
     value_with_channel: bytes  # a value beta sends alpha: ["reply", a send-only channel]
     plaintexts: list[bytes]  # alternately from alpha and from beta
+    buffer: list[Any]  # what beta's channel holds at the end, in order
+    reserved: int  # buffer slots beta holds for alpha's window at the end
+    account: tuple[int, int]  # beta's record of alpha on chan 1: (last_seq, window)
 
 
 @functools.cache
@@ -126,7 +109,8 @@ def _exchange() -> _Exchange:
     """Run beta's home side (a real Session) through the worked example of section 12.4.
 
     alpha's frames are built the way its client side builds them; beta's answers are whatever
-    beta's Session sends. One list of frames is one transport message's plaintext.
+    beta's Session sends. One list of frames is one transport message's plaintext. Midway the
+    link is lost and alpha comes back on a new one (a second Session), as after a reconnect.
     """
     beta = Node(cluster_key=CLUSTER_KEY, key=RESPONDER_KEY, name=RESPONDER_HELLO.name)
     beta.exports = Exports(
@@ -141,11 +125,12 @@ def _exchange() -> _Exchange:
     assert isinstance(state, ChannelState)
     alpha = Peer(beta, INITIATOR_KEY.public)
     beta._peers[alpha.key] = alpha
-    link = _Link()
+    link = RecordingLink()
     session = Session(beta, alpha, link)  # type: ignore[arg-type]
     alpha.attach(session)
     ref = beta.exports.ref(state, Rights.BOTH, alpha.key)  # (what a LOOKUP would answer)
     assert ref.chan == 1
+    opening = [Kind.OPEN, 1, Rights.BOTH, ref.tokens(Rights.BOTH)]
 
     def value(text: str) -> bytes:
         return msgpack.packb(text)  # type: ignore[no-any-return]
@@ -158,24 +143,34 @@ def _exchange() -> _Exchange:
         plaintexts.append(b"".join(encode_frame(frame) for frame in link.sent))
         link.sent.clear()
 
-    # a plain send, since alpha holds no credit yet: ACKed once buffered, and credits offered
-    alpha_says(
-        [Kind.OPEN, 1, Rights.BOTH, ref.tokens(Rights.BOTH)],
-        [Kind.SEND, 1, 1, Mode.PLAIN, value("job-1")],
-    )
-    # two sends under credit, in one message: one CREDIT confirms both and tops up
+    # a plain send, since alpha has no window yet: ACKed once buffered, and a window offered
+    alpha_says(opening, [Kind.SEND, 1, 1, Mode.PLAIN, value("job-1")])
+    # two sends under credit, in one message: one CREDIT confirms both and widens the window
     alpha_says([Kind.PUSH, 1, 1, value("job-2")], [Kind.PUSH, 1, 2, value("job-3")])
     # a receive: the first buffered value, taken
     alpha_says([Kind.RECV, 2, 1])
     alpha_says([Kind.TAKEN, 2])
     assert plaintexts.pop() == b""  # TAKEN gets no answer
-    # job-2 and job-3 are buffered; 4 more slots are promised to alpha (its credits)
+    # job-2 and job-3 are buffered; seqs 3 to 6 of alpha's window hold 4 slots
     assert [state.buffered(), state.reserved, state.in_flight] == [2, 4, 0]
+    # two more credited sends; beta's CREDIT for them is lost with the link
+    alpha_says([Kind.PUSH, 1, 3, value("job-4")], [Kind.PUSH, 1, 4, value("job-5")])
+    lose(session)
+    # a new link: alpha opens again and resends what was never confirmed, before anything else;
+    # beta drops both (it has them) and tells alpha everything again
+    link = RecordingLink()
+    session = Session(beta, alpha, link)  # type: ignore[arg-type]
+    alpha.attach(session)
+    alpha_says(opening, [Kind.PUSH, 1, 3, value("job-4")], [Kind.PUSH, 1, 4, value("job-5")])
+    account = alpha.credit_accounts[1]
     reply: Channel[str] = Channel(0)
     return _Exchange(
         ref=ref.encode(),
         value_with_channel=beta.encode_value(["reply", reply.sender()], alpha),
         plaintexts=plaintexts,
+        buffer=list(state.buffer),
+        reserved=state.reserved,
+        account=(account.last_seq, account.window),
     )
 
 
@@ -205,7 +200,8 @@ EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "frame-failed": lambda: encode_frame(
         [Kind.FAILED, 9, _errors.PermissionDenied.code, "send-only handle"]
     ),
-    "frame-credit": lambda: encode_frame([Kind.CREDIT, 3, 300, 16]),
+    "frame-push": lambda: encode_frame([Kind.PUSH, 3, 301, msgpack.packb("hello")]),
+    "frame-credit": lambda: encode_frame([Kind.CREDIT, 3, 301, 316]),
     "frame-lookup": lambda: encode_frame([Kind.LOOKUP, 1, "jobs"]),
     "frame-part-first-16-bytes": _first_part,
     "frames-two-in-one-plaintext": lambda: (
@@ -226,17 +222,35 @@ EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "op-recv": lambda: _exchange().plaintexts[4],
     "op-deliver": lambda: _exchange().plaintexts[5],
     "op-taken": lambda: _exchange().plaintexts[6],
+    "op-push-more": lambda: _exchange().plaintexts[7],
+    "op-credit-lost": lambda: _exchange().plaintexts[8],
+    "op-reopen-resend": lambda: _exchange().plaintexts[9],
+    "op-credit-again": lambda: _exchange().plaintexts[10],
 }
 
 
 def test_the_worked_exchange_reads_as_documented() -> None:
     exchange = _exchange()
-    assert len(exchange.plaintexts) == 7
+    assert len(exchange.plaintexts) == 11
     decoder = FrameDecoder(ConnectionConfig().max_frame_size)
     frames = [decoder.decode(plaintext) for plaintext in exchange.plaintexts]
-    assert frames[1] == [[Kind.ACK, 1], [Kind.CREDIT, 1, 0, 4]]  # credit_target(8) == 4
-    assert frames[3] == [[Kind.CREDIT, 1, 2, 2]]  # acked up to seq 2; 2 more (4 again)
+    # credit_target(8) == 4: alpha may push seqs 1 to 4
+    assert frames[1] == [[Kind.ACK, 1], [Kind.CREDIT, 1, 0, 4]]
+    assert [frame[:3] for frame in frames[2]] == [[Kind.PUSH, 1, 1], [Kind.PUSH, 1, 2]]
+    # acked up to seq 2; 2 slots were left, at most half of 4: the window widens to 6
+    assert frames[3] == [[Kind.CREDIT, 1, 2, 6]]
     assert frames[5] == [[Kind.DELIVER, 2, msgpack.packb("job-1")]]
+    assert [frame[:3] for frame in frames[7]] == [[Kind.PUSH, 1, 3], [Kind.PUSH, 1, 4]]
+    assert frames[8] == [[Kind.CREDIT, 1, 4, 8]]  # (lost with the link)
+    # the new link: OPEN first, then the unconfirmed pushes again, in order
+    assert frames[9][0][:3] == [Kind.OPEN, 1, Rights.BOTH]
+    assert frames[9][1:] == frames[7]
+    # beta tells it all again: the same CREDIT, harmless to hear twice
+    assert frames[10] == frames[8]
+    # nothing was buffered twice; the window's 4 unused seqs (5 to 8) hold 4 slots
+    assert exchange.buffer == ["job-2", "job-3", "job-4", "job-5"]
+    assert exchange.account == (4, 8)
+    assert exchange.reserved == 8 - 4
     ref = ChannelRef.decode(exchange.ref)
     assert (ref.home, ref.chan, ref.capacity, ref.rights) == (
         RESPONDER_KEY.public,
@@ -349,6 +363,9 @@ def test_the_documented_tables_match_the_code() -> None:
     text = DOC.read_text()
     for kind in Kind:
         assert f"| 0x{kind:02X} | `{kind.name}` |" in text, kind
+    # ... and the catalogue names no kind the code does not have (0x2B RETURN is gone)
+    catalogue = re.findall(r"^\| 0x([0-9A-F]{2}) \| `(\w+)` \|", text, re.M)
+    assert sorted(catalogue) == sorted((f"{kind:02X}", kind.name) for kind in Kind)
     for reason in GoawayReason:
         assert f"| {reason} | `{reason.name}` |" in text, reason
     for error in (

@@ -7,7 +7,7 @@ import os
 import anyio
 import pytest
 
-from qchan._errors import PeerLost, ProtocolError
+from qchan._errors import AuthenticationError, PeerLost, ProtocolError
 from qchan.protocol import ConnectionConfig, GoawayReason, Kind
 from qchan.protocol.frames import encode_frame
 from qchan.transport import Transport
@@ -48,6 +48,12 @@ async def test_slowloris_is_dropped_at_the_handshake_deadline() -> None:
 
 
 async def test_half_open_flood_is_capped_and_then_drained() -> None:
+    # Beyond the cap a socket is reset at once, before message 2. The dialler cannot always
+    # tell that from a listener refusing its cluster key (which closes before message 2 too):
+    # on trio, a send that meets the reset can take the error, and the read then sees a clean
+    # EOF. So the refusal is PeerLost ("cannot reach") or AuthenticationError ("peer closed
+    # during the handshake"); what is guaranteed is that it comes at once (the handshake
+    # deadline is 0.5 s) and that no link is made.
     config = ConnectionConfig(handshake_timeout=0.5)
     server = Server()
     async with Transport() as transport:
@@ -66,8 +72,15 @@ async def test_half_open_flood_is_capped_and_then_drained() -> None:
                     await closed_within(stream, 0.2)
                     await stream.aclose()
                 assert anyio.current_time() - start < 0.2
-            with pytest.raises(PeerLost, match="cannot reach"):
-                await connect(transport, listener.address)
+            for _ in range(3):
+                start = anyio.current_time()
+                with pytest.raises(
+                    (PeerLost, AuthenticationError),
+                    match=r"cannot reach|peer closed during the handshake",
+                ):
+                    await connect(transport, listener.address)
+                assert anyio.current_time() - start < 0.2
+            assert server.links == []
             for stream in flood:  # the flood itself goes at its deadline
                 await closed_within(stream, 1.5)
             assert anyio.current_time() - flood_started >= 0.45
