@@ -259,7 +259,8 @@ class WorkerPool:
 
     Raises:
         TypeError: ``node`` is not a :class:`qchan.Node`.
-        ValueError: ``max_attempts`` < 1, or an empty ``registry`` name.
+        ValueError: ``max_attempts`` < 1, a negative ``lookup_timeout``, or an empty
+            ``registry`` name.
     """
 
     def __init__(
@@ -278,6 +279,12 @@ class WorkerPool:
             raise TypeError("max_attempts must be an int")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+        if (
+            isinstance(lookup_timeout, bool)
+            or not isinstance(lookup_timeout, int | float)
+            or not lookup_timeout >= 0
+        ):
+            raise ValueError(f"lookup_timeout must be a number >= 0, not {lookup_timeout!r}")
         self._node = node
         self._registry_name = registry
         self._max_attempts = max_attempts

@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import textwrap
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -267,6 +269,33 @@ async def test_a_handler_exception_reaches_the_caller_and_the_worker_carries_on(
         stats = pool.statistics()
         assert (stats.completed, stats.failed, stats.retries, stats.workers) == (1, 1, 0, 1)
         assert stats.per_worker[0].errors == 1
+
+
+async def test_plain_handlers_can_run_in_threads() -> None:
+    async with running_cluster() as cluster:
+        a, b = [await cluster.node(name) for name in ("A", "B")]
+        pool = await cluster.pool(a)
+        running = [0, 0]  # now, peak
+        lock = threading.Lock()
+
+        def blocking(job: int) -> int:
+            with lock:
+                running[0] += 1
+                running[1] = max(running)
+            time.sleep(0.05)  # blocks its thread, not the node's event loop
+            with lock:
+                running[0] -= 1
+            return -job
+
+        scope = anyio.CancelScope()
+
+        async def serve() -> None:
+            with scope:
+                await serve_worker(b, blocking, concurrency=3, threads=True)
+
+        cluster.tasks.start_soon(serve)
+        assert [r async for r in pool.map(range(6))] == [0, -1, -2, -3, -4, -5]
+        assert running[1] == 3
 
 
 async def test_a_result_that_cannot_be_sent_is_a_remote_error() -> None:
