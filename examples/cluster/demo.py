@@ -10,7 +10,8 @@ What happens:
    ``examples.cluster.worker_pool.worker:serve`` (a ``serve_worker`` that counts primes);
 3. this script joins them as a fourth node, ``demo``, hosting a ``WorkerPool``. The nodes
    find each other by mDNS on the loopback interface; if multicast does not work there, the
-   script says so and dials the workers' addresses itself, as ``--peer`` would;
+   script says so and dials the workers' addresses itself, as ``--peer`` would (with
+   ``QCHAN_DEMO_DISCOVERY=0`` no node uses mDNS at all);
 4. the pool counts the primes below 10,000,000 in 2,000 jobs, with a live progress bar, and
    prints a summary table: jobs per second, each node's share, retries and failures;
 5. every node process is stopped (SIGTERM, then SIGKILL after a bound), on success, on error
@@ -48,6 +49,8 @@ LIMIT = 10_000_000  # count the primes below this ...
 BLOCK = 5_000  # ... in jobs of this many integers: 2,000 jobs
 START_TIMEOUT = 30.0  # for a node process to print its address
 DISCOVERY_TIMEOUT = 5.0  # for mDNS to bring every worker to the pool
+#: QCHAN_DEMO_DISCOVERY=0 runs without mDNS at all (as on a machine without multicast).
+DISCOVERY = os.environ.get("QCHAN_DEMO_DISCOVERY", "1") != "0"
 RUN_TIMEOUT = 60.0  # for the whole pool run
 STOP_TIMEOUT = 5.0  # for the node processes to exit after SIGTERM
 
@@ -147,23 +150,24 @@ def stop_all(nodes: list[NodeProcess]) -> list[int | None]:
 async def run_pool(cluster_key: qchan.ClusterKey, nodes: list[NodeProcess]) -> bool:
     """Join the cluster as ``demo``, run the pool, print the summary; True if all is well."""
     async with qchan.Node(
-        cluster_key=cluster_key, name="demo", listen="127.0.0.1:0", discovery=True
+        cluster_key=cluster_key, name="demo", listen="127.0.0.1:0", discovery=DISCOVERY
     ) as node:
         async with WorkerPool(node, lookup_timeout=0.5) as pool:
             start = time.perf_counter()
-            with anyio.move_on_after(DISCOVERY_TIMEOUT):
+            with anyio.move_on_after(DISCOVERY_TIMEOUT if DISCOVERY else 0):
                 await pool.wait_for_workers(WORKERS)
             found = pool.statistics().workers
             if found == WORKERS:
                 took = time.perf_counter() - start
                 how = f"found by mDNS on the loopback interface in {took:.2f} s"
             else:
-                print(
+                why = (
                     f"mDNS on loopback brought {found} of {WORKERS} workers within "
-                    f"{DISCOVERY_TIMEOUT:.0f} s (multicast may be off on this machine): "
-                    "dialling their addresses directly, as `--peer ADDR` would",
-                    flush=True,
+                    f"{DISCOVERY_TIMEOUT:.0f} s (multicast may be off on this machine)"
+                    if DISCOVERY
+                    else "discovery is off (QCHAN_DEMO_DISCOVERY=0)"
                 )
+                print(f"{why}: dialling the nodes' addresses, as `--peer ADDR` does", flush=True)
                 with anyio.fail_after(START_TIMEOUT):
                     for process in nodes:
                         await node.connect(process.banner["address"])
@@ -212,6 +216,7 @@ def main() -> int:
                     "--name", name,
                     "--listen", "127.0.0.1:0",
                     "--run", "examples.cluster.worker_pool.worker:serve",
+                    *([] if DISCOVERY else ["--no-discovery"]),
                 ]  # fmt: skip
                 nodes.append(NodeProcess(name, command, Path(tmp) / f"{name}.log"))
             deadline = time.monotonic() + START_TIMEOUT

@@ -224,6 +224,24 @@ def test_demo_runs_and_stops_every_node() -> None:
     assert_gone(out)
 
 
+def test_demo_without_discovery_dials_the_nodes() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        env={**os.environ, "QCHAN_DEMO_DISCOVERY": "0"},
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, f"{out}\n{result.stderr}"
+    assert "discovery is off (QCHAN_DEMO_DISCOVERY=0): dialling the nodes' addresses" in out
+    assert "joined through their addresses (--peer), without mDNS" in out, out
+    assert "primes below 10,000,000: 664579 (expected 664579: OK)" in out, out
+    assert "stopped 3 node processes cleanly (exit codes 0, 0, 0)" in out, out
+    assert_gone(out)
+
+
 def assert_gone(out: str) -> None:
     """Every node process the demo listed (``pid N``) is gone: no orphans."""
     pids = [int(pid) for pid in re.findall(r" pid (\d+)$", out, re.M)]
