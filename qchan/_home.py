@@ -180,7 +180,7 @@ class CreditAccount:
     ``window``; slots for ``last_seq + 1 .. window`` are reserved in ``state``.
     """
 
-    __slots__ = ("last_seq", "state", "told_acked", "told_window", "window")
+    __slots__ = ("last_seq", "state", "told_acked", "told_most", "told_window", "window")
 
     def __init__(self, state: ChannelState | None) -> None:
         self.state = state
@@ -188,6 +188,7 @@ class CreditAccount:
         self.window = 0  # the highest sequence number granted
         self.told_acked = -1  # what the peer was last told, on the current link
         self.told_window = -1
+        self.told_most = 0  # the widest window ever told: no credited send may go beyond
 
     @property
     def outstanding(self) -> int:

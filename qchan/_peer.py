@@ -48,6 +48,7 @@ class Peer:
         "name",
         "node",
         "parked",
+        "pending_releases",
         "redialing",
         "session",
         "sessions",
@@ -63,6 +64,7 @@ class Peer:
         self.session: Session | None = None  # the link that carries new operations
         self.sessions: list[Session] = []  # every open link (a duplicate drains here)
         self.parked: list[ClientOp] = []  # operations waiting for a link
+        self.pending_releases: set[int] = set()  # channels let go while no link was up
         self.dialing = False
         self.left_at: float | None = None  # when its last link ended (None: connected)
         self.discovered = False  # announced by discovery and kept dialled while it is
@@ -149,7 +151,7 @@ class Peer:
         if endpoint is None:
             endpoint = RemoteEndpoint(self, ref)
             self.endpoints[ref.chan] = endpoint
-            weakref.finalize(endpoint, _release, weakref.ref(self), ref.chan)
+            weakref.finalize(endpoint, _release, weakref.ref(self), ref.chan, ref.incarnation)
             if self.session is not None:
                 self.session.ensure_open(endpoint)  # register as a holder right away
         elif ref.rights & ~endpoint.ref.rights:
@@ -168,12 +170,20 @@ class Peer:
                 self.session.ensure_open(endpoint)
         return endpoint
 
-    def released(self, chan: int) -> None:
+    def released(self, chan: int, incarnation: bytes) -> None:
         """Our last handle to the peer's channel ``chan`` is gone: tell its home."""
+        if incarnation != self.incarnation and self.incarnation is not None:
+            return  # a channel of an earlier run: the id may name another channel now
+        if chan in self.endpoints:
+            return  # a newer handle to it lives on
+        told = False
         for session in self.sessions:
             if chan in session.opened:
                 session.opened.discard(chan)
                 session.send([Kind.RELEASE, chan])
+                told = True
+        if not told and self.session is None:
+            self.pending_releases.add(chan)  # said when the next link comes up
 
     # --- links -------------------------------------------------------------------------------
 
@@ -192,6 +202,9 @@ class Peer:
             return
         for account in self.credit_accounts.values():
             account.told_window = account.told_acked = -1  # tell it all again on this link
+        for chan in self.pending_releases:
+            session.send([Kind.RELEASE, chan])
+        self.pending_releases.clear()
         for endpoint in list(self.endpoints.values()):
             session.ensure_open(endpoint)
         for endpoint in list(self.streaming):
@@ -248,12 +261,16 @@ class Peer:
                 self.parked.append(client)
         if restarted:
             self.release_holdings()
+            self.credit_accounts.clear()  # a new process starts its sequences afresh
+        self.pending_releases.clear()  # (they named channels of the old run)
 
     def release_holdings(self) -> None:
-        """The peer is gone for good: the slots and channels it held of ours are let go."""
+        """The peer is gone (for now): the slots and channels it held of ours are let go.
+
+        Its credit records stay, for de-duplication should it come back and resend.
+        """
         for account in self.credit_accounts.values():
             account.release()
-        self.credit_accounts.clear()
         self.node.exports.forget_holder(self.key)
 
     def __repr__(self) -> str:
@@ -272,11 +289,11 @@ def _dialled_by_smaller_key(session: Session, peer: Peer) -> bytes:
     return peer.node.public_key if session.link.initiator else peer.key
 
 
-def _release(peer_ref: weakref.ref[Peer], chan: int) -> None:
+def _release(peer_ref: weakref.ref[Peer], chan: int, incarnation: bytes) -> None:
     # A finalizer: runs when an endpoint is garbage-collected.
     peer = peer_ref()
     if peer is not None:
         try:
-            peer.released(chan)
+            peer.released(chan, incarnation)
         except Exception:  # never let a finalizer raise (e.g. at interpreter exit)
             log.debug("could not release channel %d at %s", chan, peer.label, exc_info=True)

@@ -252,11 +252,14 @@ class Session:
             target = credit_target(state.capacity)
             outstanding = account.outstanding
             if outstanding <= target // 2:
+                # (from last_seq: sends past a released window used no reserved slot)
+                account.window = max(account.window, account.last_seq)
                 account.window += state.reserve(target - outstanding)
         if account.window != account.told_window or (
             not account.outstanding and account.told_acked != account.last_seq
         ):
             account.told_window, account.told_acked = account.window, account.last_seq
+            account.told_most = max(account.told_most, account.window)
             self.send([Kind.CREDIT, chan, account.last_seq, account.window])
 
     # --- handlers: the peer's requests to us as home -------------------------------------
@@ -295,6 +298,8 @@ class Session:
         self._credit_dirty.add(chan)  # every batch of credited sends is answered
         if seq <= account.last_seq:
             return  # sent again after a reconnect, and we have it already
+        if seq > account.told_most:
+            raise ProtocolError(f"credited send {seq} on channel {chan} beyond any credit given")
         reserved = seq <= account.window
         account.last_seq = seq
         if state is None:
