@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/local_pipeline.py
+	$(PY) examples/cluster/demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check qchan tests benchmarks examples

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar, final
 
@@ -203,6 +203,9 @@ class _ReceiveWaiter(_LocalWaiter):
         self.op.finish(self.index, None, False)
 
 
+_UNUSED: Final[deque[Any]] = deque()  # the shared empty queue of ChannelState: never mutated
+
+
 def _closed_error() -> ChannelClosed:
     return ChannelClosed("send on a closed channel")
 
@@ -237,9 +240,11 @@ class ChannelState:
     def __init__(self, capacity: float) -> None:
         self._capacity = capacity
         self._closed = False
-        self.buffer: deque[Any] = deque()
-        self.senders: deque[SenderWaiting] = deque()
-        self.receivers: deque[ReceiverWaiting] = deque()
+        # An empty deque costs 760 bytes, and most channels never need all three: they share
+        # one empty deque, never mutated, until the first append (see _buffer/_senders/...).
+        self.buffer: deque[Any] = _UNUSED
+        self.senders: deque[SenderWaiting] = _UNUSED
+        self.receivers: deque[ReceiverWaiting] = _UNUSED
         self.in_flight = 0  # handoffs to remote receivers awaiting their answer
         self.in_flight_buffered = 0  # ... of which values taken from the buffer
         self.reserved = 0  # buffer slots promised to remote senders (credits)
@@ -284,7 +289,7 @@ class ChannelState:
             if receiver.offer(value):
                 return True
         if self.free_slots() > 0:
-            self.buffer.append(value)
+            self._buffer().append(value)
             if receivers:
                 self.match()
             return True
@@ -306,12 +311,12 @@ class ChannelState:
         return NOT_READY
 
     def wait_send(self, op: Operation, index: int, value: Any) -> None:
-        waiter = _SendWaiter(op, index, value, self.senders)
+        waiter = _SendWaiter(op, index, value, self._senders())
         op.waiters.append(waiter)
         self.add_sender(waiter)
 
     def wait_receive(self, op: Operation, index: int) -> None:
-        waiter = _ReceiveWaiter(op, index, self.receivers)
+        waiter = _ReceiveWaiter(op, index, self._receivers())
         op.waiters.append(waiter)
         self.add_receiver(waiter)
 
@@ -336,13 +341,13 @@ class ChannelState:
         if self._closed:
             sender.fail(_closed_error())
             return
-        self.senders.append(sender)
+        self._senders().append(sender)
         if self.receivers or self.free_slots() > 0:
             self.match()
 
     def add_receiver(self, receiver: ReceiverWaiting) -> None:
         """Queue a receiver and hand over whatever can be handed over now."""
-        self.receivers.append(receiver)
+        self._receivers().append(receiver)
         if self.buffer or self.senders or self._closed:
             self.match()
 
@@ -443,11 +448,28 @@ class ChannelState:
         Its sender has returned already, so refusing it would lose it; at worst the buffer
         holds a few values more than its capacity for a moment.
         """
-        self.buffer.append(value)
+        self._buffer().append(value)
         if self.receivers:
             self.match()
 
     # --- internals -----------------------------------------------------------------------
+
+    # The deques, made on first use (appendleft only ever follows a pop: they exist by then).
+
+    def _buffer(self) -> deque[Any]:
+        if self.buffer is _UNUSED:
+            self.buffer = deque()
+        return self.buffer
+
+    def _senders(self) -> deque[SenderWaiting]:
+        if self.senders is _UNUSED:
+            self.senders = deque()
+        return self.senders
+
+    def _receivers(self) -> deque[ReceiverWaiting]:
+        if self.receivers is _UNUSED:
+            self.receivers = deque()
+        return self.receivers
 
     def _drained(self) -> bool:
         return not self.buffer and not self.in_flight_buffered
@@ -474,7 +496,7 @@ class ChannelState:
 
     def _refill(self) -> None:
         # Free slots go to waiting senders first: their values move in, their sends complete.
-        buffer = self.buffer
+        buffer = self._buffer() if self.senders else self.buffer
         while self.senders and self.free_slots() > 0:
             sender = self._pop_sender()
             if sender is None:
@@ -648,16 +670,16 @@ class ReceiveChannel(_Handle, Generic[T]):
             raise ChannelClosed("receive on a closed and drained channel")
         return value  # type: ignore[no-any-return]
 
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self._iterate()
+    def __aiter__(self) -> ReceiveChannel[T]:
+        # The handle is its own iterator (no async generator left to the garbage collector
+        # when a loop over it is cancelled).
+        return self
 
-    async def _iterate(self) -> AsyncIterator[T]:
-        while True:
-            try:
-                value = await self.receive()
-            except ChannelClosed:
-                return
-            yield value
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
 
     def receiver(self) -> ReceiveChannel[T]:
         """A receive-only view of this channel."""

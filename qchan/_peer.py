@@ -228,9 +228,18 @@ class Peer:
                 endpoint.fail_credit_waiters(lost)
             self.node.peer_left(self, error)
 
-    def close_idle_duplicates(self) -> None:
+    def close_idle_duplicates(self, now: float, grace: float) -> None:
+        """Close a link kept only as a duplicate once it has been idle for ``grace``.
+
+        (The peer may still have put an operation on it just before it, too, chose the other
+        link: closing at the first idle moment could fail that operation for nothing.)
+        """
         for session in self.sessions:
-            if session.retired and session.idle and not session.closed:
+            if not session.retired or session.closed or not session.idle:
+                session.idle_since = None
+            elif session.idle_since is None:
+                session.idle_since = now
+            elif now - session.idle_since >= grace:
                 session.link.close(GoawayReason.DUPLICATE, "another link is kept")
 
     def adopt_incarnation(self, incarnation: bytes) -> None:

@@ -58,6 +58,7 @@ class Session:
         "closed",
         "grants",
         "home_ops",
+        "idle_since",
         "link",
         "lookups",
         "node",
@@ -73,6 +74,7 @@ class Session:
         self.link = link
         self.closed = False
         self.retired = False  # a duplicate link kept only until it is idle
+        self.idle_since: float | None = None  # (a retired link: since when it was idle)
         self._ids = itertools.count(1)
         # client side: our operations at the peer's channels
         self.ops: dict[int, ClientOp] = {}

@@ -60,6 +60,7 @@ _REDIAL_MIN: Final = 0.1
 _REDIAL_MAX: Final = 2.0
 _LOOKUP_RETRY: Final = 0.25
 _MAX_DISCOVERED_PEERS: Final = 1024
+_DIAL_DEFERENCE: Final = 0.5
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
 
 
@@ -276,6 +277,13 @@ class Node:
 
     # --- channels and names ------------------------------------------------------------------
 
+    def unregister(self, name: str) -> None:
+        """Withdraw the name ``name`` (handles already looked up keep working).
+
+        Raises ``KeyError`` if no channel of that name is registered here.
+        """
+        del self._registry[name]
+
     def register(self, name: str, channel: _Handle) -> None:
         """Give a local channel (or view) a cluster-wide name; lookups get its rights.
 
@@ -356,6 +364,8 @@ class Node:
         Raises ``PeerLost`` if it cannot be reached, ``AuthenticationError`` if the handshake
         fails, ``ValueError`` for a bad address.
         """
+        if not self._running:
+            raise RuntimeError("the node is not running (use `async with Node(...)`)")
         link = await self._dial(address)
         peer = self._peers[link.remote_key]
         return self._info(peer)
@@ -449,8 +459,8 @@ class Node:
             log.info("peer %s left: %s", peer.label, error)
 
     async def _dial(self, address: str, expected: bytes | None = None) -> Link:
-        if self._transport is None:
-            raise RuntimeError("the node is not running (use `async with Node(...)`)")
+        if self._transport is None or not self._running:
+            raise PeerLost(f"cannot reach {address}: this node is not running")
         link = await self._transport.connect(
             address,
             key=self.key,
@@ -538,6 +548,11 @@ class Node:
     async def _keep_discovered(self, peer: Peer) -> None:
         """Keep a discovered peer dialled while it is announced (with backoff)."""
         delay = _REDIAL_MIN
+        if self.public_key > peer.key:
+            # Both nodes see each other's record at about the same time. The one with the
+            # smaller key dials; the other only if no link has come up after a moment (so two
+            # links between the same pair, then one closed, are the exception).
+            await anyio.sleep(_DIAL_DEFERENCE)
         try:
             while peer.discovered and self._running:
                 if peer.session is None:
@@ -570,7 +585,7 @@ class Node:
             await anyio.sleep(_HOUSEKEEPING_PERIOD)
             now = anyio.current_time()
             for peer in list(self._peers.values()):
-                peer.close_idle_duplicates()
+                peer.close_idle_duplicates(now, 2 * self._config.heartbeat_interval)
                 if peer.left_at is not None and now - peer.left_at > forget_after:
                     peer.left_at = None
                     peer.release_holdings()
