@@ -68,30 +68,28 @@ async def test_fresh_reply_channels_leave_memory_flat(anyio_backend: str) -> Non
     assert endpoints < 10, f"the server node still holds {endpoints} endpoints"
 
 
-async def test_a_flooding_peer_is_held_off_not_buffered_without_bound() -> None:
+async def test_a_flooding_peer_is_held_off_not_buffered_without_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from qchan import _session
 
     cap, flood, value_size = 50, 2000, 2048
-    original = _session.MAX_OUTSTANDING
-    _session.MAX_OUTSTANDING = cap
-    try:
-        cluster_key = qchan.ClusterKey.generate()
-        async with qchan.Node(cluster_key=cluster_key, name="home") as a:
-            async with qchan.Node(cluster_key=cluster_key, peers=[a.address]) as b:
-                sink: qchan.Channel[Any] = qchan.Channel()  # nobody receives
-                a.register("sink", sink)
-                remote = await b.lookup("sink", timeout=5)
-                with anyio.fail_after(30):
-                    async with anyio.create_task_group() as tg:
-                        for i in range(flood):
-                            tg.start_soon(remote.send, (i, bytes(value_size)))
-                        await anyio.sleep(0.5)
-                        waiting = sink.statistics().waiting_senders
-                        received = [(await sink.receive())[0] for _ in range(flood)]
-        # The home stopped reading once `cap` operations were outstanding (it finishes the read
-        # it is in: at most 256 KiB, about 128 of these sends): the rest waited in the client's
-        # socket and buffers, not in the home's memory. And nothing was dropped.
-        assert cap <= waiting <= cap + 256 * 1024 // value_size + 100, waiting
-        assert sorted(received) == list(range(flood)), "backpressure must not drop values"
-    finally:
-        _session.MAX_OUTSTANDING = original
+    monkeypatch.setattr(_session, "MAX_OUTSTANDING", cap)
+    cluster_key = qchan.ClusterKey.generate()
+    async with qchan.Node(cluster_key=cluster_key, name="home") as a:
+        async with qchan.Node(cluster_key=cluster_key, peers=[a.address]) as b:
+            sink: qchan.Channel[Any] = qchan.Channel()  # nobody receives
+            a.register("sink", sink)
+            remote = await b.lookup("sink", timeout=5)
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(flood):
+                        tg.start_soon(remote.send, (i, bytes(value_size)))
+                    await anyio.sleep(0.5)
+                    waiting = sink.statistics().waiting_senders
+                    received = [(await sink.receive())[0] for _ in range(flood)]
+    # The home stopped reading once `cap` operations were outstanding (it finishes the read
+    # it is in: at most 256 KiB, about 128 of these sends): the rest waited in the client's
+    # socket and buffers, not in the home's memory. And nothing was dropped.
+    assert cap <= waiting <= cap + 256 * 1024 // value_size + 100, waiting
+    assert sorted(received) == list(range(flood)), "backpressure must not drop values"
