@@ -1,0 +1,68 @@
+"""Minimal, deterministic repros of library bugs the chaos harness found.
+
+Each is a strict xfail: it fails today, for the reason given; when the library is fixed it
+passes, pytest reports XPASS as a failure, and the fixer removes the mark (and, for
+``lost-delivery``, empties ``ChaosConfig.tolerate`` in tests/chaos/runner.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+import qchan
+from tests.chaos.proxy import Proxy
+
+pytestmark = pytest.mark.anyio
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a buffered value on its way to a remote receiver whose link is lost is dropped "
+    "at its home (counted as taken, ChannelState.delivery_lost), though the receiver got "
+    "PeerLost and its sender had returned: API.md says buffered values are lost only if the "
+    "home node itself dies",
+)
+async def test_buffered_value_survives_losing_the_link_to_a_remote_receiver() -> None:
+    cluster_key = qchan.ClusterKey.generate()
+    channel: qchan.Channel[str] = qchan.Channel(4)
+    async with qchan.Node(cluster_key=cluster_key, name="home") as home:
+        home.register("buf", channel)
+        host, _, port = home.address.rpartition(":")
+        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
+        async with anyio.create_task_group() as tg:
+            await proxy.start(tg)
+            async with qchan.Node(
+                cluster_key=cluster_key, name="far", peers=proxy.addresses
+            ) as far:
+                remote = await far.lookup("buf@home", timeout=5)
+                outcome: list[object] = []
+
+                async def receive() -> None:
+                    try:
+                        outcome.append(await remote.receive())
+                    except qchan.PeerLost as exc:
+                        outcome.append(exc)
+
+                tg.start_soon(receive)
+                # The remote receive waits at the home; the link then stops carrying bytes.
+                await _until(lambda: channel.statistics().waiting_receivers == 1)
+                proxy.stall()
+                await channel.send("v")  # buffered: returns at once; DELIVER goes out...
+                await anyio.sleep(0.2)  # ... and sits in the stalled proxy
+                proxy.reset()  # the link is lost with the DELIVER outstanding
+                await _until(lambda: bool(outcome))
+                proxy.resume()
+                assert isinstance(outcome[0], qchan.PeerLost)  # "no value was taken"
+                # The send returned and the home is alive: the value must still be there.
+                with anyio.fail_after(2):
+                    assert await channel.receive() == "v"
+            tg.cancel_scope.cancel()
