@@ -13,15 +13,19 @@ For every value whose send started (``S``), with ``n`` the number of receipts (`
 - outcome ``R`` (returned): ``n = 1``, unless it is explained (each counted on its own):
 
   - ``lost with its home``: a buffered channel whose home was SIGKILLed after the send
-    started (its buffer, and the credited sends on their way to it, die with it);
+    started (its buffer, and the credited sends on their way to it, die with it), and before
+    a value sent later by the same sending task on that channel was received (+ 2 s): values
+    of one sender leave the buffer in order, so by then this one had left it.
   - ``lost with its sender``: a buffered channel, and the sending node was SIGKILLed after
-    the send started and within 10 s of its return (a credited send returns once queued on
-    the link; until the home confirms it, only the sender can send it again);
+    the send started and within 10 s of its return, and no value its sending task sent later
+    on that channel was received (values of one sender reach the home in order, so a later
+    one received proves this one reached the home). A credited send returns once queued on
+    the link; until the home confirms it, only the sender can send it again.
   - ``receiver killed before logging``: a node that receives from that channel was
     SIGKILLed while the value could have been on its way to a receiving task (capacity 0:
-    between the send's start and 2 s after its return; buffered: from the start until 2 s
-    after a later value of the same sending task on that channel was received). The value
-    was taken, but the process died before its log line.
+    between the send's start and 0.5 s after its return; buffered: from the start until
+    0.5 s after a later value of the same sending task on that channel was received). The
+    value was taken, but the process died before its log line.
 
   Anything else is a violation. One case is named apart: the value's home logged (``Z``) that
   it dropped the value as taken because the link to the remote receiver it was on its way to
@@ -56,7 +60,8 @@ OUTCOME_NAMES = {
 }
 NOT_TAKEN = ("L", "C", "X", "N")
 SENDER_GRACE = 10.0
-RECEIVER_GRACE = 2.0
+RECEIVER_GRACE = 0.5
+HOME_GRACE = 2.0
 
 
 @dataclasses.dataclass
@@ -219,13 +224,15 @@ def check(workdir: Path, tolerate: frozenset[str] = frozenset()) -> Report:
         for i, vid in enumerate(vids):
             position[vid] = (group, i)
 
-    def taken_by(vid: str) -> float:
-        """The latest a buffered value can have been taken: when a later one of its sender was."""
+    def later_received(vid: str) -> float:
+        """When the first value its sending task sent later on the same channel was received
+        (inf: none was). Values of one sender reach the home in order, so this one had
+        reached it by then, and had left the buffer soon after (unless refused)."""
         group, i = position[vid]
         for later in order[group][i + 1 :]:
             got = receipts.get(later)
             if got:
-                return got[0][0] + RECEIVER_GRACE
+                return min(t for t, _ in got)
         return math.inf
 
     for vid, send in sends.items():
@@ -245,7 +252,9 @@ def check(workdir: Path, tolerate: frozenset[str] = frozenset()) -> Report:
                 label = OUTCOME_NAMES.get(outcome, outcome)
                 report.violate(f"{label} send was received", f"{where}, received by {got}")
         elif outcome == "R" and n == 0:
-            if send.cap and _killed_between(kills, send.home, send.t, math.inf):
+            if send.cap and _killed_between(
+                kills, send.home, send.t, later_received(vid) + HOME_GRACE
+            ):
                 report.explained["lost with its home"] += 1
             elif send.cap and vid in dropped:
                 if LOST_DELIVERY in tolerate:
@@ -254,14 +263,18 @@ def check(workdir: Path, tolerate: frozenset[str] = frozenset()) -> Report:
                     report.violate(
                         "returned; dropped at its home as taken by a lost receiver (BUG)", where
                     )
-            elif send.cap and _killed_between(kills, send.node, send.t, send.t_out + SENDER_GRACE):
+            elif (
+                send.cap
+                and _killed_between(kills, send.node, send.t, send.t_out + SENDER_GRACE)
+                and later_received(vid) == math.inf
+            ):
                 report.explained["lost with its sender"] += 1
             elif any(
                 _killed_between(
                     kills,
                     receiver,
                     send.t,
-                    taken_by(vid) if send.cap else send.t_out + RECEIVER_GRACE,
+                    (later_received(vid) if send.cap else send.t_out) + RECEIVER_GRACE,
                 )
                 for receiver in receivers[(send.chan, send.home)]
             ):
