@@ -209,7 +209,7 @@ def _chosen_case(model: Model, outcome: Outcome, cases: list[Case], ready: list[
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     actions=st.lists(action_strategy, max_size=30),
     capacities=st.lists(st.integers(0, 2), min_size=CHANNELS, max_size=CHANNELS),

@@ -55,6 +55,12 @@ class TestBothEndsRemote(ChannelConformance):
 
 
 class TestRemoteSenderLocalReceiver(ChannelConformance):
+    """(One backend per mixed arrangement: both are covered by TestBothEndsRemote.)"""
+
+    @pytest.fixture(params=["asyncio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
     @pytest.fixture
     async def channels(self) -> AsyncIterator[TwoNodes]:
         async for nodes in _two_nodes("remote", "local"):
@@ -62,6 +68,10 @@ class TestRemoteSenderLocalReceiver(ChannelConformance):
 
 
 class TestLocalSenderRemoteReceiver(ChannelConformance):
+    @pytest.fixture(params=["trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
     @pytest.fixture
     async def channels(self) -> AsyncIterator[TwoNodes]:
         async for nodes in _two_nodes("local", "remote"):
