@@ -9,15 +9,19 @@ with the smaller public key carries new work, and the other is closed once idle.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import struct
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any, final
 
 from qchan._channel import ChannelState
 from qchan._client import CREDIT_WAIT, PARKED, ClientOp, RemoteEndpoint
-from qchan._errors import PeerLost, QchanError
-from qchan._home import CreditAccount
+from qchan._errors import DeliveryUncertain, PeerLost, QchanError
+from qchan._home import CreditAccount, RemoteReceiver
 from qchan._refs import ChannelRef
+from qchan._session import MAX_OUTSTANDING
 from qchan.crypto.keys import fingerprint
 from qchan.protocol.frames import GoawayReason, Kind
 
@@ -36,6 +40,8 @@ class Peer:
 
     __slots__ = (
         "__weakref__",
+        "_linked_before",
+        "_op_ids",
         "address",
         "candidates",
         "credit_accounts",
@@ -53,6 +59,8 @@ class Peer:
         "session",
         "sessions",
         "streaming",
+        "taken_on_lost_links",
+        "unsettled_deliveries",
     )
 
     def __init__(self, node: Node, key: bytes, address: str = "") -> None:
@@ -75,6 +83,16 @@ class Peer:
         )
         self.streaming: set[RemoteEndpoint] = set()  # endpoints with unconfirmed credited sends
         self.credit_accounts: dict[int, CreditAccount] = {}  # home side: its credits with us
+        # Operation ids are unique per peer, not per link: SETTLE names ops of lost links.
+        self._op_ids = itertools.count(1)
+        self._linked_before = False
+        # client side: DELIVERs we took on links that then died (our TAKEN may be lost)
+        self.taken_on_lost_links: deque[int] = deque(maxlen=MAX_OUTSTANDING)
+        # home side: buffered values on their way to the peer when its link died
+        self.unsettled_deliveries: dict[int, RemoteReceiver] = {}
+
+    def next_op_id(self) -> int:
+        return next(self._op_ids)
 
     @property
     def label(self) -> str:
@@ -205,6 +223,13 @@ class Peer:
         for chan in self.pending_releases:
             session.send([Kind.RELEASE, chan])
         self.pending_releases.clear()
+        if self._linked_before:
+            # Which values delivered on lost links we took: the home returns the others to
+            # their buffers (it keeps them until it hears this, or until we are gone).
+            taken = self.taken_on_lost_links
+            session.send([Kind.SETTLE, struct.pack(f">{len(taken)}Q", *taken)])
+            taken.clear()
+        self._linked_before = True
         for endpoint in list(self.endpoints.values()):
             session.ensure_open(endpoint)
         for endpoint in list(self.streaming):
@@ -276,11 +301,22 @@ class Peer:
     def release_holdings(self) -> None:
         """The peer is gone (for now): the slots and channels it held of ours are let go.
 
-        Its credit records stay, for de-duplication should it come back and resend.
+        Its credit records stay, for de-duplication should it come back and resend. Values
+        that were on their way to it when its link died count as taken: it may have taken
+        them, and a value is never delivered twice.
         """
         for account in self.credit_accounts.values():
             account.release()
         self.node.exports.forget_holder(self.key)
+        unsettled, self.unsettled_deliveries = self.unsettled_deliveries, {}
+        for waiter in unsettled.values():
+            waiter.state.delivery_lost(waiter, DeliveryUncertain(f"{self.label} is gone"))
+
+    def settle_deliveries(self, taken: set[int]) -> None:
+        """The peer, back on a new link, said which of the values on their way it took."""
+        unsettled, self.unsettled_deliveries = self.unsettled_deliveries, {}
+        for op_id, waiter in unsettled.items():
+            waiter.state.delivery_answered(waiter, op_id in taken)
 
     def __repr__(self) -> str:
         return f"<Peer {self.label} {'connected' if self.connected else 'disconnected'}>"

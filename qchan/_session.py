@@ -15,8 +15,9 @@ may have been handed over with ``DeliveryUncertain``.
 
 from __future__ import annotations
 
-import itertools
 import logging
+import struct
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -44,6 +45,8 @@ log = logging.getLogger("qchan.node")
 
 #: Past this many of a peer's operations waiting here, stop reading its link (never drop).
 MAX_OUTSTANDING: Final = 10_000
+#: DELIVERs taken on a link remembered in case it is lost before our TAKENs arrive (SETTLE).
+_TAKEN_REMEMBERED: Final = MAX_OUTSTANDING
 
 
 @final
@@ -52,7 +55,6 @@ class Session:
 
     __slots__ = (
         "_credit_dirty",
-        "_ids",
         "_paused",
         "_peer_ids_seen",
         "closed",
@@ -65,6 +67,7 @@ class Session:
         "opened",
         "ops",
         "peer",
+        "recently_taken",
         "retired",
     )
 
@@ -75,7 +78,7 @@ class Session:
         self.closed = False
         self.retired = False  # a duplicate link kept only until it is idle
         self.idle_since: float | None = None  # (a retired link: since when it was idle)
-        self._ids = itertools.count(1)
+        self.recently_taken: deque[int] = deque(maxlen=_TAKEN_REMEMBERED)  # (for SETTLE)
         # client side: our operations at the peer's channels
         self.ops: dict[int, ClientOp] = {}
         self.lookups: dict[int, Channel[bytes | None]] = {}
@@ -112,7 +115,7 @@ class Session:
 
     def start(self, client: ClientOp) -> None:
         """Send a parked case's SEND or RECV."""
-        op_id = next(self._ids)
+        op_id = self.peer.next_op_id()
         client.op_id, client.session, client.status = op_id, self, SENT
         self.ops[op_id] = client
         endpoint = client.endpoint
@@ -145,7 +148,7 @@ class Session:
             self.send([Kind.PUSH, chan, seq, data])
 
     def lookup(self, name: str, replies: Channel[bytes | None]) -> None:
-        req = next(self._ids)
+        req = self.peer.next_op_id()
         self.lookups[req] = replies
         self.send([Kind.LOOKUP, req, name])
 
@@ -180,13 +183,19 @@ class Session:
         for replies in lookups.values():
             replies.send_nowait(None)
         home_ops, self.home_ops = self.home_ops, {}
-        for waiter in home_ops.values():
+        for op_id, waiter in home_ops.items():
             if isinstance(waiter, RemoteReceiver) and waiter.pending is not None:
-                uncertain = DeliveryUncertain(f"the receiving node {self.peer.label} was lost")
-                waiter.state.delivery_lost(waiter, uncertain)
+                if waiter.pending[1] is None:
+                    # A buffered value on its way: whether the peer took it is unknown. It
+                    # keeps its slot until the peer says (SETTLE, on its next link) or is gone.
+                    self.peer.unsettled_deliveries[op_id] = waiter
+                else:  # a sender waits on this handoff: it cannot be told anything surer
+                    uncertain = DeliveryUncertain(f"the receiving node {self.peer.label} was lost")
+                    waiter.state.delivery_lost(waiter, uncertain)
             else:
                 waiter.withdraw()
         self.grants.clear()
+        self.peer.taken_on_lost_links.extend(self.recently_taken)
         self.peer.detach(self, error)
 
     def goodbye(self, text: str) -> None:
@@ -393,6 +402,14 @@ class Session:
         if account is not None:
             account.release()
 
+    def _on_settle(self, frame: Frame) -> None:
+        """The peer, on a new link, says which DELIVERs of lost links it took."""
+        data = frame[1]
+        if len(data) % 8:
+            raise ProtocolError("SETTLE must hold 8-byte operation ids")
+        taken = set(struct.unpack(f">{len(data) // 8}Q", data))
+        self.peer.settle_deliveries(taken)
+
     def _on_lookup(self, frame: Frame) -> None:
         _, req, name = frame
         ref = self.node.ref_for_name(name, self.peer)
@@ -429,6 +446,7 @@ class Session:
             return
         if client.op.finish(client.index, value):
             self.send([Kind.TAKEN, op_id])
+            self.recently_taken.append(op_id)
         else:
             self.send([Kind.REFUSED, op_id])
 
@@ -514,6 +532,7 @@ _HANDLERS: Final[dict[int, Callable[[Session, Frame], None]]] = {
     Kind.DENY: Session._on_deny,
     Kind.CLOSE: Session._on_close,
     Kind.RELEASE: Session._on_release,
+    Kind.SETTLE: Session._on_settle,
     Kind.LOOKUP: Session._on_lookup,
     Kind.ACK: Session._on_ack,
     Kind.DELIVER: Session._on_deliver,

@@ -24,13 +24,6 @@ async def _until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.005)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a buffered value on its way to a remote receiver whose link is lost is dropped "
-    "at its home (counted as taken, ChannelState.delivery_lost), though the receiver got "
-    "PeerLost and its sender had returned: API.md says buffered values are lost only if the "
-    "home node itself dies",
-)
 async def test_buffered_value_survives_losing_the_link_to_a_remote_receiver() -> None:
     cluster_key = qchan.ClusterKey.generate()
     channel: qchan.Channel[str] = qchan.Channel(4)
