@@ -28,11 +28,14 @@ For every value whose send started (``S``), with ``n`` the number of receipts (`
     value was taken, but the process died before its log line.
 
   Anything else is a violation. One case is named apart: the value's home logged (``Z``) that
-  it dropped the value as taken because the link to the remote receiver it was on its way to
-  was lost (protocol.md 6.6), though that receiver never got it. That breaks API.md ("buffered
-  values are lost only if the home node itself dies"): a library bug, pinned by a strict xfail
-  in tests/chaos/test_regressions.py. With ``tolerate={"lost-delivery"}`` such values are
-  counted under "known library bugs" instead of violations (and reported loudly).
+  it counted the value as taken by a remote receiver node to which it was on its way when
+  their link was lost, though that node never got it and was not killed (protocol.md 6.6:
+  since SETTLE, only once that node is "gone", away for 2 x peer_timeout). That breaks API.md
+  ("buffered values are lost only if the home node itself dies"): a library bug, pinned by a
+  strict xfail in tests/chaos/test_regressions.py. With ``tolerate={"lost-delivery"}`` such
+  values are counted under "known library bugs" instead of violations (reported loudly). If
+  that node was SIGKILLed meanwhile, the value is "receiver killed before logging" (it may
+  have taken it, or been killed before it could).
 - outcome ``U`` (DeliveryUncertain): counted, received or not; no outcome at all (the sending
   process was killed mid-send): counted, received or not.
 
@@ -170,7 +173,7 @@ LOST_DELIVERY = "lost-delivery"
 def check(workdir: Path, tolerate: frozenset[str] = frozenset()) -> Report:
     """Read every log under ``workdir`` and check it (see the module docstring)."""
     report = Report()
-    dropped: set[str] = set()
+    dropped: dict[str, tuple[float, str]] = {}
     kills = _kills(workdir, report)
     sends: dict[str, _Send] = {}
     receipts: dict[str, list[tuple[float, str]]] = defaultdict(list)
@@ -201,7 +204,7 @@ def check(workdir: Path, tolerate: frozenset[str] = frozenset()) -> Report:
                     receipts[fields[2]].append((t, node))
                     receivers[(fields[3], fields[4])].add(node)
                 elif kind == "Z":
-                    dropped.add(fields[2])
+                    dropped[fields[2]] = (t, fields[3] if len(fields) > 3 else "?")
                 elif kind == "P":
                     pairs.append((fields[2], fields[3]))
                 elif kind == "W":
@@ -256,6 +259,12 @@ def check(workdir: Path, tolerate: frozenset[str] = frozenset()) -> Report:
                 kills, send.home, send.t, later_received(vid) + HOME_GRACE
             ):
                 report.explained["lost with its home"] += 1
+            elif (
+                send.cap
+                and vid in dropped
+                and _killed_between(kills, dropped[vid][1], send.t, dropped[vid][0] + 0.5)
+            ):
+                report.explained["receiver killed before logging"] += 1  # (or before taking)
             elif send.cap and vid in dropped:
                 if LOST_DELIVERY in tolerate:
                     report.known_bugs[LOST_DELIVERY] += 1

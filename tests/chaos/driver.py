@@ -26,9 +26,9 @@ cut last line. Records (``t`` = ``time.monotonic()``, the same clock in every pr
                              E:<Name> another QchanError
     V t vid chan home        value vid received here from chan@home
     W t text                 a warning (unexpected value, lookup error)
-    Z t vid                  this node, the value's home, dropped buffered value vid as taken:
-                             the link to the remote receiver it was on its way to was lost
-                             (instrumentation of ChannelState.delivery_lost; see checker)
+    Z t vid peer             this node, the value's home, counted buffered value vid as taken
+                             by node peer, to which it was on its way when their link was
+                             lost (instrumentation of ChannelState.delivery_lost; see checker)
     Q t                      quiesce: no new sends from now on
     D t stuck [task ...]     drained: every task finished (stuck 0) or the deadline passed
     E t                      the node closed cleanly
@@ -459,7 +459,9 @@ def _trace_lost_deliveries(log: Log) -> None:
         if pending is not None and pending[1] is None:
             value = pending[0]
             if isinstance(value, list) and value and isinstance(value[0], str):
-                log.write("Z", value[0])
+                session = getattr(receiver, "session", None)
+                peer = getattr(getattr(session, "peer", None), "name", "") or "?"
+                log.write("Z", value[0], peer)
         original(self, receiver, error)
 
     setattr(ChannelState, "delivery_lost", delivery_lost)  # noqa: B010
