@@ -11,8 +11,11 @@ import msgpack
 
 from qchan import Channel, PeerLost
 from qchan._channel import ChannelState
+from qchan._client import RemoteEndpoint
 from qchan._home import CreditAccount
+from qchan._operation import Operation
 from qchan._peer import Peer
+from qchan._refs import ChannelRef
 from qchan._session import Session
 from qchan.node import Node
 from qchan.protocol import Frame, Kind, Mode, Rights
@@ -149,3 +152,43 @@ class Home:
 
 def vars_of(account: CreditAccount) -> dict[str, int]:
     return {"last_seq": account.last_seq, "window": account.window}
+
+
+class Requester:
+    """alpha, a requester holding ``ref`` (a reference to a channel of beta's), and beta as
+    alpha sees it: alpha's side of the links, recording what alpha sends.
+
+    Each call feeds alpha's Session the frames of one read from beta and returns alpha's
+    answers. Nothing dials: :meth:`connect` is a new link coming up.
+    """
+
+    def __init__(self, ref: ChannelRef) -> None:
+        self.node = Node(cluster_key=CLUSTER_KEY, key=INITIATOR_KEY, name=INITIATOR_HELLO.name)
+        self.beta = self.node._peers[RESPONDER_KEY.public] = Peer(self.node, RESPONDER_KEY.public)
+        self.beta.adopt_incarnation(ref.incarnation)
+        self.endpoint: RemoteEndpoint = self.beta.endpoint(ref)  # (held: a handle's endpoint)
+        self.connect()
+
+    def connect(self) -> None:
+        """A (new) link to beta is up (what alpha sends on it first: :meth:`sent`)."""
+        self.link = RecordingLink()
+        self.session = Session(self.node, self.beta, self.link)  # type: ignore[arg-type]
+        self.beta.attach(self.session)
+
+    def lose(self) -> None:
+        lose(self.session)
+
+    def sent(self) -> list[Frame]:
+        """What alpha has sent since the last look."""
+        sent, self.link.sent = self.link.sent, []
+        return sent
+
+    def hears(self, *frames: Frame) -> list[Frame]:
+        self.session.on_frames(list(frames))
+        return self.sent()
+
+    def receive(self) -> Operation:
+        """A task at alpha starts receiving from beta's channel (a RECV goes out)."""
+        op = Operation()
+        self.endpoint.wait_receive(op, 0)
+        return op

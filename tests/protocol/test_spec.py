@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import math
 import re
+import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +21,24 @@ from typing import Any, Final
 import msgpack
 import pytest
 
-from qchan import Channel, _codec, _errors
+from qchan import Channel, PeerLost, _codec, _errors
 from qchan._channel import ChannelState
 from qchan._home import Exports, credit_target
+from qchan._operation import DONE, Operation
 from qchan._peer import Peer
 from qchan._refs import TOKEN_SIZE, ChannelRef, TokenMinter
 from qchan._session import MAX_OUTSTANDING, Session
 from qchan.crypto import MAX_PAYLOAD_LEN, MAX_PLAINTEXT_LEN, PROTOCOL_NAME, NoiseHandshake
 from qchan.node import Node
-from qchan.protocol import ConnectionConfig, FrameDecoder, GoawayReason, Kind, Mode, Rights
+from qchan.protocol import (
+    ConnectionConfig,
+    Frame,
+    FrameDecoder,
+    GoawayReason,
+    Kind,
+    Mode,
+    Rights,
+)
 from qchan.protocol.frames import PART_OVERHEAD, encode_frame
 
 from ._helpers import (
@@ -43,7 +54,7 @@ from ._helpers import (
     make_pair,
     split_messages,
 )
-from ._sessions import RecordingLink, lose
+from ._sessions import RecordingLink, Requester, lose
 
 DOC: Final = Path(__file__).parents[2] / "docs" / "protocol.md"
 _BLOCK: Final = re.compile(r"<!-- example: ([\w-]+) -->\s*```hex\n(.*?)```", re.S)
@@ -98,10 +109,30 @@ TOKEN_SECRET: Final = bytes(range(0xC0, 0xE0))
 class _Exchange:
     ref: bytes  # the reference alpha holds to beta's channel 1
     value_with_channel: bytes  # a value beta sends alpha: ["reply", a send-only channel]
-    plaintexts: list[bytes]  # alternately from alpha and from beta
+    plaintexts: dict[str, bytes]  # by example name, in the order sent
     buffer: list[Any]  # what beta's channel holds at the end, in order
     reserved: int  # buffer slots beta holds for alpha's window at the end
     account: tuple[int, int]  # beta's record of alpha on chan 1: (last_seq, window)
+
+
+#: The plaintexts of the worked exchange (section 12.4), in the order sent.
+EXCHANGE: Final = (
+    "op-open-send",  # alpha
+    "op-ack-credit",  # beta
+    "op-push",  # alpha
+    "op-credit",  # beta
+    "op-recv",  # alpha
+    "op-deliver",  # beta
+    "op-taken",  # alpha (no answer)
+    "op-push-more",  # alpha
+    "op-credit-lost",  # beta
+    "op-recv-lost",  # alpha
+    "op-deliver-lost",  # beta
+    # the link is lost; on the new one each side first says what it took on the old one
+    "op-settle-home",  # beta
+    "op-settle-reopen-resend",  # alpha
+    "op-credit-again",  # beta
+)
 
 
 @functools.cache
@@ -128,6 +159,7 @@ def _exchange() -> _Exchange:
     link = RecordingLink()
     session = Session(beta, alpha, link)  # type: ignore[arg-type]
     alpha.attach(session)
+    assert link.sent == []  # (the first link to alpha: nothing to settle)
     ref = beta.exports.ref(state, Rights.BOTH, alpha.key)  # (what a LOOKUP would answer)
     assert ref.chan == 1
     opening = [Kind.OPEN, 1, Rights.BOTH, ref.tokens(Rights.BOTH)]
@@ -135,13 +167,16 @@ def _exchange() -> _Exchange:
     def value(text: str) -> bytes:
         return msgpack.packb(text)  # type: ignore[no-any-return]
 
-    plaintexts: list[bytes] = []
+    sent: list[bytes] = []
+
+    def beta_sent() -> None:
+        sent.append(b"".join(encode_frame(frame) for frame in link.sent))
+        link.sent.clear()
 
     def alpha_says(*frames: list[Any]) -> None:
-        plaintexts.append(b"".join(encode_frame(frame) for frame in frames))
+        sent.append(b"".join(encode_frame(frame) for frame in frames))
         session.on_frames(list(frames))
-        plaintexts.append(b"".join(encode_frame(frame) for frame in link.sent))
-        link.sent.clear()
+        beta_sent()
 
     # a plain send, since alpha has no window yet: ACKed once buffered, and a window offered
     alpha_says(opening, [Kind.SEND, 1, 1, Mode.PLAIN, value("job-1")])
@@ -150,28 +185,47 @@ def _exchange() -> _Exchange:
     # a receive: the first buffered value, taken
     alpha_says([Kind.RECV, 2, 1])
     alpha_says([Kind.TAKEN, 2])
-    assert plaintexts.pop() == b""  # TAKEN gets no answer
+    assert sent.pop() == b""  # TAKEN gets no answer
     # job-2 and job-3 are buffered; seqs 3 to 6 of alpha's window hold 4 slots
     assert [state.buffered(), state.reserved, state.in_flight] == [2, 4, 0]
     # two more credited sends; beta's CREDIT for them is lost with the link
     alpha_says([Kind.PUSH, 1, 3, value("job-4")], [Kind.PUSH, 1, 4, value("job-5")])
+    # another receive; beta's DELIVER of job-2 is lost with the link too
+    alpha_says([Kind.RECV, 3, 1])
+    assert [state.buffered(), state.in_flight_buffered, state.reserved] == [3, 1, 4]
     lose(session)
-    # a new link: alpha opens again and resends what was never confirmed, before anything else;
-    # beta drops both (it has them) and tells alpha everything again
+    # job-2 keeps its slot, waiting for alpha to say whether it took it
+    assert [state.buffered(), state.in_flight_buffered, state.reserved] == [3, 1, 4]
+    # a new link: beta, which has been linked to alpha before, first says what it took of
+    # alpha's channels on the old link (nothing: an empty SETTLE)
     link = RecordingLink()
     session = Session(beta, alpha, link)  # type: ignore[arg-type]
     alpha.attach(session)
-    alpha_says(opening, [Kind.PUSH, 1, 3, value("job-4")], [Kind.PUSH, 1, 4, value("job-5")])
+    beta_sent()
+    # alpha says it took op 2 (op 3's DELIVER never arrived: its receive failed with
+    # PeerLost), opens again and resends what was never confirmed, before anything else;
+    # beta puts job-2 back at the front, drops both pushes (it has them) and tells it all again
+    alpha_says(
+        [Kind.SETTLE, (2).to_bytes(8, "big")],
+        opening,
+        [Kind.PUSH, 1, 3, value("job-4")],
+        [Kind.PUSH, 1, 4, value("job-5")],
+    )
+    assert len(sent) == len(EXCHANGE)
     account = alpha.credit_accounts[1]
     reply: Channel[str] = Channel(0)
     return _Exchange(
         ref=ref.encode(),
         value_with_channel=beta.encode_value(["reply", reply.sender()], alpha),
-        plaintexts=plaintexts,
+        plaintexts=dict(zip(EXCHANGE, sent, strict=True)),
         buffer=list(state.buffer),
         reserved=state.reserved,
         account=(account.last_seq, account.window),
     )
+
+
+def _plaintext(name: str) -> Callable[[], bytes]:
+    return lambda: _exchange().plaintexts[name]
 
 
 EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
@@ -203,6 +257,7 @@ EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "frame-push": lambda: encode_frame([Kind.PUSH, 3, 301, msgpack.packb("hello")]),
     "frame-credit": lambda: encode_frame([Kind.CREDIT, 3, 301, 316]),
     "frame-lookup": lambda: encode_frame([Kind.LOOKUP, 1, "jobs"]),
+    "frame-settle": lambda: encode_frame([Kind.SETTLE, struct.pack(">2Q", 8, 300)]),
     "frame-part-first-16-bytes": _first_part,
     "frames-two-in-one-plaintext": lambda: (
         encode_frame([Kind.TAKEN, 8]) + encode_frame([Kind.ACK, 7])
@@ -215,39 +270,36 @@ EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "token-receive": lambda: TokenMinter(TOKEN_SECRET).token(1, Rights.RECEIVE),
     "channel-ref": lambda: _exchange().ref,
     "value-with-channel": lambda: _exchange().value_with_channel,
-    "op-open-send": lambda: _exchange().plaintexts[0],
-    "op-ack-credit": lambda: _exchange().plaintexts[1],
-    "op-push": lambda: _exchange().plaintexts[2],
-    "op-credit": lambda: _exchange().plaintexts[3],
-    "op-recv": lambda: _exchange().plaintexts[4],
-    "op-deliver": lambda: _exchange().plaintexts[5],
-    "op-taken": lambda: _exchange().plaintexts[6],
-    "op-push-more": lambda: _exchange().plaintexts[7],
-    "op-credit-lost": lambda: _exchange().plaintexts[8],
-    "op-reopen-resend": lambda: _exchange().plaintexts[9],
-    "op-credit-again": lambda: _exchange().plaintexts[10],
+    **{name: _plaintext(name) for name in EXCHANGE},
 }
 
 
 def test_the_worked_exchange_reads_as_documented() -> None:
     exchange = _exchange()
-    assert len(exchange.plaintexts) == 11
     decoder = FrameDecoder(ConnectionConfig().max_frame_size)
-    frames = [decoder.decode(plaintext) for plaintext in exchange.plaintexts]
+    frames = {name: decoder.decode(data) for name, data in exchange.plaintexts.items()}
     # credit_target(8) == 4: alpha may push seqs 1 to 4
-    assert frames[1] == [[Kind.ACK, 1], [Kind.CREDIT, 1, 0, 4]]
-    assert [frame[:3] for frame in frames[2]] == [[Kind.PUSH, 1, 1], [Kind.PUSH, 1, 2]]
+    assert frames["op-ack-credit"] == [[Kind.ACK, 1], [Kind.CREDIT, 1, 0, 4]]
+    pushes = [[Kind.PUSH, 1, 1], [Kind.PUSH, 1, 2]]
+    assert [frame[:3] for frame in frames["op-push"]] == pushes
     # acked up to seq 2; 2 slots were left, at most half of 4: the window widens to 6
-    assert frames[3] == [[Kind.CREDIT, 1, 2, 6]]
-    assert frames[5] == [[Kind.DELIVER, 2, msgpack.packb("job-1")]]
-    assert [frame[:3] for frame in frames[7]] == [[Kind.PUSH, 1, 3], [Kind.PUSH, 1, 4]]
-    assert frames[8] == [[Kind.CREDIT, 1, 4, 8]]  # (lost with the link)
-    # the new link: OPEN first, then the unconfirmed pushes again, in order
-    assert frames[9][0][:3] == [Kind.OPEN, 1, Rights.BOTH]
-    assert frames[9][1:] == frames[7]
+    assert frames["op-credit"] == [[Kind.CREDIT, 1, 2, 6]]
+    assert frames["op-deliver"] == [[Kind.DELIVER, 2, msgpack.packb("job-1")]]
+    more = frames["op-push-more"]
+    assert [frame[:3] for frame in more] == [[Kind.PUSH, 1, 3], [Kind.PUSH, 1, 4]]
+    assert frames["op-credit-lost"] == [[Kind.CREDIT, 1, 4, 8]]  # (lost with the link)
+    assert frames["op-deliver-lost"] == [[Kind.DELIVER, 3, msgpack.packb("job-2")]]  # (lost)
+    # the new link: beta took nothing of alpha's; alpha took op 2 (and not op 3), then OPEN
+    # first, then the unconfirmed pushes again, in order
+    assert frames["op-settle-home"] == [[Kind.SETTLE, b""]]
+    settle, reopen, *resent = frames["op-settle-reopen-resend"]
+    assert settle == [Kind.SETTLE, bytes(7) + b"\x02"]
+    assert reopen[:3] == [Kind.OPEN, 1, Rights.BOTH]
+    assert resent == more
     # beta tells it all again: the same CREDIT, harmless to hear twice
-    assert frames[10] == frames[8]
-    # nothing was buffered twice; the window's 4 unused seqs (5 to 8) hold 4 slots
+    assert frames["op-credit-again"] == frames["op-credit-lost"]
+    # job-2 is back at the front; nothing was buffered twice; the window's 4 unused seqs (5
+    # to 8) hold 4 slots
     assert exchange.buffer == ["job-2", "job-3", "job-4", "job-5"]
     assert exchange.account == (4, 8)
     assert exchange.reserved == 8 - 4
@@ -264,6 +316,47 @@ def test_the_worked_exchange_reads_as_documented() -> None:
     inner = ChannelRef.decode(decoded[1].data)
     assert (inner.chan, inner.capacity, inner.rights) == (2, 0, Rights.SEND)
     assert inner.receive_token is None
+
+
+def test_alphas_side_of_the_worked_exchange_is_what_a_requester_sends() -> None:
+    """alpha's plaintexts in 12.4 are built by hand: a real requester's Session, told beta's
+    answers, sends exactly them (its SETTLE on the new link included)."""
+    exchange = _exchange()
+    decoder = FrameDecoder(ConnectionConfig().max_frame_size)
+
+    def beta(name: str) -> list[Frame]:
+        return decoder.decode(exchange.plaintexts[name])
+
+    def says(frames: list[Frame]) -> bytes:
+        return b"".join(encode_frame(frame) for frame in frames)
+
+    alpha = Requester(ChannelRef.decode(exchange.ref))
+    endpoint = alpha.endpoint
+    sending = Operation()
+    assert not endpoint.poll_send("job-1")  # no window yet: a plain SEND
+    endpoint.wait_send(sending, 0, "job-1")
+    assert says(alpha.sent()) == exchange.plaintexts["op-open-send"]
+    assert alpha.hears(*beta("op-ack-credit")) == []
+    assert sending.state == DONE
+    assert endpoint.poll_send("job-2")
+    assert endpoint.poll_send("job-3")
+    assert says(alpha.sent()) == exchange.plaintexts["op-push"]
+    assert alpha.hears(*beta("op-credit")) == []
+    receiving = alpha.receive()
+    assert says(alpha.sent()) == exchange.plaintexts["op-recv"]
+    assert says(alpha.hears(*beta("op-deliver"))) == exchange.plaintexts["op-taken"]
+    assert receiving.value == "job-1"
+    assert endpoint.poll_send("job-4")
+    assert endpoint.poll_send("job-5")
+    assert says(alpha.sent()) == exchange.plaintexts["op-push-more"]
+    lost = alpha.receive()
+    assert says(alpha.sent()) == exchange.plaintexts["op-recv-lost"]
+    alpha.lose()  # (beta's CREDIT and DELIVER never arrive)
+    assert isinstance(lost.error, PeerLost)
+    alpha.connect()
+    assert says(alpha.sent()) == exchange.plaintexts["op-settle-reopen-resend"]
+    assert alpha.hears(*beta("op-settle-home"), *beta("op-credit-again")) == []
+    assert (endpoint.unacked, endpoint.window) == (deque(), 8)
 
 
 def _documented() -> dict[str, str]:
