@@ -17,7 +17,7 @@ have had no effect. Every line of the log is written with one ``write`` and flus
 (line buffering), so a SIGKILL loses at most the line being written; the checker tolerates a
 cut last line. Records (``t`` = ``time.monotonic()``, the same clock in every process):
 
-    B t name inc pid         process start (incarnation inc of node name)
+    B t name inc pid path    process start (incarnation inc of node name; qchan imported from path)
     U t address              node up
     S t vid chan home cap    a send of value vid to chan@home (capacity cap) starts
     P t vid1 vid2            the two send cases of one select
@@ -402,7 +402,7 @@ class Driver:
 
     async def run(self) -> None:
         config = self.config
-        self.log.write("B", config.name, config.inc, os.getpid())
+        self.log.write("B", config.name, config.inc, os.getpid(), qchan.__file__)
         node = qchan.Node(
             cluster_key=qchan.ClusterKey.from_bytes(bytes.fromhex(config.cluster_key)),
             key=qchan.NodeKey.load(config.key),

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,6 +143,23 @@ class _Runner:
         self.to_inject = list(config.kinds)
         self.rng.shuffle(self.to_inject)
         self.nft_tables = 0
+        self.code = self._snapshot()
+
+    def _snapshot(self) -> Path:
+        """Copy the code the node processes run into the workdir, once.
+
+        A node restarted in the middle of a run imports qchan again: it must find the code
+        the run started with, not whatever the working tree holds by then.
+        """
+        code = self.work / "code"
+        if code.exists():
+            shutil.rmtree(code)
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(ROOT / "qchan", code / "qchan", ignore=skip)
+        (code / "tests" / "chaos").mkdir(parents=True)
+        for name in ("__init__.py", "chaos/__init__.py", "chaos/driver.py", "chaos/proxy.py"):
+            shutil.copy2(ROOT / "tests" / name, code / "tests" / name)
+        return code
 
     def say(self, text: str) -> None:
         if self.config.verbose:
@@ -187,7 +205,7 @@ class _Runner:
         node.files = [out]
         node.process = node.host.run(
             [sys.executable, "-m", "tests.chaos.driver", json.dumps(driver)],
-            cwd=ROOT,
+            cwd=self.code,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -404,7 +422,7 @@ class _Runner:
             ]
             self.proxy = proxy_host.run(
                 [sys.executable, "-m", "tests.chaos.proxy", json.dumps({"routes": routes})],
-                cwd=ROOT,
+                cwd=self.code,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 text=True,
