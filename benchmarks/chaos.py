@@ -1,8 +1,7 @@
 """The chaos harness, for as long as asked: node processes in network namespaces, faults, a check.
 
     sudo .venv/bin/python benchmarks/chaos.py --duration SECONDS [--seed N] [--nodes N]
-        [--interval S] [--kinds kill,stop,...] [--workdir DIR] [--keep] [--json FILE]
-        [--strict] [-v]
+        [--interval S] [--kinds kill,stop,...] [--workdir DIR] [--keep] [--json FILE] [-v]
 
 ``--duration`` is the fault period; the run adds a warm-up, a settle period and the drain.
 It prints messages sent, faults injected by kind, outcomes by kind, the DeliveryUncertain rate,
@@ -36,11 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where the logs go")
     parser.add_argument("--keep", action="store_true", help="keep the logs of a clean run")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="count values lost to known library bugs as violations too (see docs/reliability.md)",
-    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -60,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         kinds=kinds,
         verbose=args.verbose,
     )
-    if args.strict:
-        config.tolerate = frozenset()
     command = " ".join(["benchmarks/chaos.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"chaos: {command}  (logs in {workdir})", flush=True)
     result = run(config)

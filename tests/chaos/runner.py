@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import qchan
-from tests.chaos.checker import LOST_DELIVERY, Report, check
+from tests.chaos.checker import Report, check, proxied
 from tests.cluster.netns import Host, Lab
 
 __all__ = ["KINDS", "ChaosConfig", "ChaosResult", "run"]
@@ -68,9 +68,6 @@ class ChaosConfig:
     exit_deadline: float = 20.0
     backends: tuple[str, ...] = ("asyncio", "trio")
     verbose: bool = False
-    # Known library bugs whose values are counted apart instead of as violations (see
-    # tests/chaos/checker.py). Empty this once tests/chaos/test_regressions.py passes.
-    tolerate: frozenset[str] = frozenset({LOST_DELIVERY})
 
 
 @dataclasses.dataclass
@@ -178,7 +175,7 @@ class _Runner:
         peers = []
         for other in self.nodes:
             if other.index > node.index:
-                if node.index % 2 == 0 and other.index == node.index + 1:
+                if proxied(node.name, other.name):
                     peers.append(f"{lab.hosts[-1].address}:{PROXY_PORT + other.index}")
                 else:
                     peers.append(f"{other.host.address}:{PORT}")
@@ -418,7 +415,7 @@ class _Runner:
             routes = [
                 [proxy_host.address, PROXY_PORT + node.index, node.host.address, PORT]
                 for node in self.nodes
-                if node.index % 2 == 1
+                if node.index % 2 == 1  # (n1 behind the proxy for n0, n3 for n2: proxied())
             ]
             self.proxy = proxy_host.run(
                 [sys.executable, "-m", "tests.chaos.proxy", json.dumps({"routes": routes})],
@@ -440,7 +437,7 @@ class _Runner:
                 except subprocess.TimeoutExpired:
                     self.proxy.kill()
         self.faults_log.close()
-        report = check(self.work, self.config.tolerate)
+        report = check(self.work)
         return ChaosResult(
             config, self.faults, report, self.rss_max, self.problems, time.monotonic() - began
         )
@@ -542,8 +539,7 @@ def describe(result: ChaosResult) -> dict[str, Any]:
         "outcomes": dict(report.outcomes),
         "received": report.received,
         "explained": dict(report.explained),
-        "known_bugs_tolerated": dict(report.known_bugs),
-        "dropped_as_taken": report.dropped,
+        "counted_as_taken_on_the_way": report.dropped,
         "violations": result.violations,
         "uncertain_rate": report.uncertain_rate,
         "rss_max_mib": {k: round(v / 2**20, 1) for k, v in result.rss_max.items()},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.chaos.checker import LOST_DELIVERY, check
+from tests.chaos.checker import check
 
 
 def _write(workdir: Path, name: str, lines: list[str], cut: str = "") -> None:
@@ -104,10 +104,19 @@ def test_losses_explained_by_kills(tmp_path: Path) -> None:
     }
 
 
-def test_a_value_dropped_as_taken_is_a_violation_unless_tolerated(tmp_path: Path) -> None:
+def test_a_value_counted_as_taken_needs_a_fault_that_cut_its_receiver_off(
+    tmp_path: Path,
+) -> None:
     _write(tmp_path, "n0.0.log", ["S 1.0 n0.0.a.1 c16 n1 16", "O 1.0 n0.0.a.1 R"])
-    _write(tmp_path, "n1.0.log", ["Z 1.1 n0.0.a.1"])
-    assert check(tmp_path).violations == 1
-    report = check(tmp_path, frozenset({LOST_DELIVERY}))
-    assert report.violations == 0
-    assert report.known_bugs[LOST_DELIVERY] == 1
+    _write(tmp_path, "n1.0.log", ["Z 4.0 n0.0.a.1 n2"])  # n1 counted it as taken by n2
+    _write(tmp_path, "faults.log", ["F 1.5 partition net:n0,net:n2 2.0", "G 3.5 partition x"])
+    report = check(tmp_path)
+    assert report.violation_kinds == {"counted as taken by a receiver not cut off": 1}
+    _write(
+        tmp_path,
+        "faults.log",
+        ["F 1.5 partition net:n2,net:n1 2.0", "G 3.5 partition net:n2,net:n1"],
+    )
+    report = check(tmp_path)
+    assert report.violations == 0, report.table()
+    assert report.explained == {"on its way to a receiver away too long": 1}
