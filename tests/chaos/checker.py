@@ -21,12 +21,6 @@ For every value whose send started (``S``), with ``n`` the number of receipts (`
     on that channel was received (values of one sender reach the home in order, so a later
     one received proves this one reached the home). A credited send returns once queued on
     the link; until the home confirms it, only the sender can send it again.
-  - ``receiver killed before logging``: a node that receives from that channel was
-    SIGKILLed while the value could have been on its way to a receiving task (capacity 0:
-    between the send's start and 0.5 s after its return; buffered: from the start until
-    0.5 s after a later value of the same sending task on that channel was received). The
-    value was taken, but the process died before its log line.
-
   - ``on its way to a receiver away too long``: the value's home logged (``Z``) that it
     counted the value as taken by a remote receiving node to which it was on its way when
     their link was lost, because that node stayed away for more than 2 x peer_timeout
@@ -34,8 +28,15 @@ For every value whose send started (``S``), with ``n`` the number of receipts (`
     been): then it is lost if it was not"). The checker does not take the library's word for
     it: a fault that cut the two apart (a kill or freeze of either, a link down, a partition
     or one-way drop between them, a proxy fault on a proxied pair) must have been in force
-    within the 6 s before. If the receiving node was SIGKILLed meanwhile, the value counts as
-    ``receiver killed before logging`` instead.
+    within the 6 s before.
+  - ``killed receiver (on its way, or not logged)``: a node that receives from that channel
+    was SIGKILLed while the value could have been on its way to it or to one of its tasks:
+    the home logged (``Z``) that it counted the value as taken by that node, which was killed
+    between the send's start and then (guide.md: a receiving node that "comes back as a new
+    process"); or, without a ``Z``, the kill came between the send's start and 0.5 s after
+    its return (capacity 0), or 0.5 s after a later value of the same sending task on that
+    channel was received (buffered): the value was taken, but the process died before its
+    log line (a limit of the harness).
 
   Anything else is a violation, a ``Z`` without such a fault included.
 - outcome ``U`` (DeliveryUncertain): counted, received or not; no outcome at all (the sending
@@ -68,7 +69,7 @@ EXPLANATIONS = (
     "lost with its home",
     "lost with its sender",
     "on its way to a receiver away too long",
-    "receiver killed before logging",
+    "killed receiver (on its way, or not logged)",
 )
 SENDER_GRACE = 10.0
 AWAY_WINDOW = 6.0
@@ -321,7 +322,7 @@ def check(workdir: Path) -> Report:
                 and vid in dropped
                 and _killed_between(kills, dropped[vid][1], send.t, dropped[vid][0] + 0.5)
             ):
-                report.explained["receiver killed before logging"] += 1  # (or before taking)
+                report.explained["killed receiver (on its way, or not logged)"] += 1
             elif (
                 send.cap
                 and vid in dropped
@@ -351,7 +352,7 @@ def check(workdir: Path) -> Report:
                 )
                 for receiver in receivers[(send.chan, send.home)]
             ):
-                report.explained["receiver killed before logging"] += 1
+                report.explained["killed receiver (on its way, or not logged)"] += 1
             else:
                 report.violate("returned but never received", where)
     for vid in receipts.keys() - sends.keys():

@@ -100,7 +100,7 @@ def test_losses_explained_by_kills(tmp_path: Path) -> None:
     assert report.explained == {
         "lost with its home": 1,
         "lost with its sender": 1,
-        "receiver killed before logging": 1,
+        "killed receiver (on its way, or not logged)": 1,
     }
 
 
