@@ -21,6 +21,7 @@ the channel's home node instead, and every handle and ``select`` work with it un
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable
@@ -142,8 +143,9 @@ class ReceiverWaiting(Protocol):
         """The local operation this is a case of (None for a remote node's receive)."""
         ...
 
-    pending: tuple[Any, SenderWaiting | None] | None
-    """What an unanswered :meth:`offer` handed over, and from whom (None: from the buffer)."""
+    pending: tuple[Any, SenderWaiting | None, int] | None
+    """What an unanswered :meth:`offer` handed over, from whom (None: from the buffer), and
+    its place in the buffer's order (so that it goes back where it was if refused)."""
 
     def offer(self, value: Any) -> bool | None:
         """Hand ``value`` over: True if taken, False if this receiver is gone, None if the
@@ -194,7 +196,7 @@ class _ReceiveWaiter(_LocalWaiter):
     __slots__ = ()
 
     synchronous = True
-    pending: tuple[Any, SenderWaiting | None] | None = None
+    pending: tuple[Any, SenderWaiting | None, int] | None = None
 
     def offer(self, value: Any) -> bool:
         return self.op.finish(self.index, value)
@@ -225,6 +227,8 @@ class ChannelState:
         "__weakref__",
         "_capacity",
         "_closed",
+        "_dequeued",
+        "_returned",
         "buffer",
         "export_id",
         "in_flight",
@@ -248,6 +252,8 @@ class ChannelState:
         self.in_flight = 0  # handoffs to remote receivers awaiting their answer
         self.in_flight_buffered = 0  # ... of which values taken from the buffer
         self.reserved = 0  # buffer slots promised to remote senders (credits)
+        self._dequeued = 0  # values taken from the buffer so far (their order)
+        self._returned: list[int] | None = None  # orders of values put back at the front
         self.export_id: int | None = None  # set by the node that exports this channel
         self.on_close: Callable[[ChannelState], None] | None = None  # tells remote holders
 
@@ -299,6 +305,8 @@ class ChannelState:
         buffer = self.buffer
         if buffer:
             value = buffer.popleft()
+            if self._returned:
+                del self._returned[0]
             self._slot_freed()
             return True, value, True
         if self.senders:
@@ -358,8 +366,9 @@ class ChannelState:
         while index < len(receivers):
             receiver = receivers[index]
             sender: SenderWaiting | None = None
+            order = 0
             if buffer:
-                value = buffer.popleft()
+                value, order = self._pop_buffer()
             elif self.senders and (sender := self._pop_sender(receiver.op)) is not None:
                 value = sender.value
             elif self.senders and receiver.op is not None:
@@ -376,12 +385,12 @@ class ChannelState:
                 if sender is not None:
                     sender.complete()
             elif taken is None:
-                receiver.pending = (value, sender)
+                receiver.pending = (value, sender, order)
                 self.in_flight += 1
                 if sender is None:
                     self.in_flight_buffered += 1
             elif sender is None:  # that receiver was gone: the value goes back
-                buffer.appendleft(value)
+                self._put_back(value, order)
             elif sender.returned():
                 self.senders.appendleft(sender)
         self._refill()
@@ -391,7 +400,7 @@ class ChannelState:
     def delivery_answered(self, receiver: ReceiverWaiting, taken: bool) -> None:
         """A remote receiver answered a handoff: it took the value, or refused it."""
         assert receiver.pending is not None
-        value, sender = receiver.pending
+        value, sender, order = receiver.pending
         receiver.pending = None
         self.in_flight -= 1
         if sender is None:
@@ -399,7 +408,7 @@ class ChannelState:
             if taken:
                 self._slot_freed()
             else:
-                self.buffer.appendleft(value)
+                self._put_back(value, order)
         elif taken:
             sender.complete()
         elif self._closed:
@@ -416,7 +425,7 @@ class ChannelState:
         a DeliveryUncertain).
         """
         assert receiver.pending is not None
-        _, sender = receiver.pending
+        _, sender, _ = receiver.pending
         receiver.pending = None
         self.in_flight -= 1
         if sender is None:
@@ -470,6 +479,25 @@ class ChannelState:
         if self.receivers is _UNUSED:
             self.receivers = deque()
         return self.receivers
+
+    def _pop_buffer(self) -> tuple[Any, int]:
+        """The buffer's first value and its place in the order values left the buffer."""
+        value = self.buffer.popleft()
+        if self._returned:
+            return value, self._returned.pop(0)
+        self._dequeued += 1
+        return value, self._dequeued
+
+    def _put_back(self, value: Any, order: int) -> None:
+        # A value that went out and came back goes before the buffer's other values, but after
+        # those that came back and had gone out before it: refusals answered in any order
+        # leave the buffer in its first order.
+        returned = self._returned
+        if returned is None:
+            returned = self._returned = []
+        position = bisect.bisect(returned, order)
+        returned.insert(position, order)
+        self._buffer().insert(position, value)
 
     def _drained(self) -> bool:
         return not self.buffer and not self.in_flight_buffered

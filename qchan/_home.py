@@ -144,7 +144,7 @@ class RemoteReceiver:
         self.session = session
         self.op_id = op_id
         self.state = state
-        self.pending: tuple[Any, SenderWaiting | None] | None = None
+        self.pending: tuple[Any, SenderWaiting | None, int] | None = None
 
     def offer(self, value: Any) -> bool | None:
         try:

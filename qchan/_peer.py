@@ -58,6 +58,7 @@ class Peer:
         "redialing",
         "session",
         "sessions",
+        "settled",
         "streaming",
         "taken_on_lost_links",
         "unsettled_deliveries",
@@ -90,6 +91,7 @@ class Peer:
         self.taken_on_lost_links: deque[int] = deque(maxlen=MAX_OUTSTANDING)
         # home side: buffered values on their way to the peer when its link died
         self.unsettled_deliveries: dict[int, RemoteReceiver] = {}
+        self.settled: set[int] | None = None  # what the peer settled on its current link
 
     def next_op_id(self) -> int:
         return next(self._op_ids)
@@ -223,12 +225,9 @@ class Peer:
         for chan in self.pending_releases:
             session.send([Kind.RELEASE, chan])
         self.pending_releases.clear()
+        self.settled = None  # (what the peer settles on this link is yet to come)
         if self._linked_before:
-            # Which values delivered on lost links we took: the home returns the others to
-            # their buffers (it keeps them until it hears this, or until we are gone).
-            taken = self.taken_on_lost_links
-            session.send([Kind.SETTLE, struct.pack(f">{len(taken)}Q", *taken)])
-            taken.clear()
+            self._settle(session)
         self._linked_before = True
         for endpoint in list(self.endpoints.values()):
             session.ensure_open(endpoint)
@@ -246,6 +245,8 @@ class Peer:
             self.session = next((s for s in self.sessions if not s.closed), None)
             if self.session is not None:
                 self.session.retired = False
+                self.settled = None
+                self._settle(self.session)  # as on a new link: the other one is lost
         if self.session is None:
             self.left_at = self.node.now()
             lost = PeerLost(f"lost the connection to {self.label}: {error}")
@@ -312,11 +313,27 @@ class Peer:
         for waiter in unsettled.values():
             waiter.state.delivery_lost(waiter, DeliveryUncertain(f"{self.label} is gone"))
 
+    def _settle(self, session: Session) -> None:
+        # Which values delivered on lost links we took: the home returns the others to their
+        # buffers (it keeps them until it hears this, or until we are gone). The list is said
+        # again on every new link (a SETTLE may be lost with its link); it is bounded.
+        taken = self.taken_on_lost_links
+        session.send([Kind.SETTLE, struct.pack(f">{len(taken)}Q", *taken)])
+
+    def park_delivery(self, op_id: int, waiter: RemoteReceiver) -> None:
+        """A buffered value was on its way to the peer when a link to it died: wait for the
+        peer to say whether it took it (SETTLE), unless it said so already on another link."""
+        if self.settled is not None:
+            waiter.state.delivery_answered(waiter, op_id in self.settled)
+        else:
+            self.unsettled_deliveries[op_id] = waiter
+
     def settle_deliveries(self, taken: set[int]) -> None:
         """The peer, back on a new link, said which of the values on their way it took."""
         unsettled, self.unsettled_deliveries = self.unsettled_deliveries, {}
         for op_id, waiter in unsettled.items():
             waiter.state.delivery_answered(waiter, op_id in taken)
+        self.settled = taken  # (deliveries parked later, from a link that dies after this)
 
     def __repr__(self) -> str:
         return f"<Peer {self.label} {'connected' if self.connected else 'disconnected'}>"

@@ -188,7 +188,7 @@ class Session:
                 if waiter.pending[1] is None:
                     # A buffered value on its way: whether the peer took it is unknown. It
                     # keeps its slot until the peer says (SETTLE, on its next link) or is gone.
-                    self.peer.unsettled_deliveries[op_id] = waiter
+                    self.peer.park_delivery(op_id, waiter)
                 else:  # a sender waits on this handoff: it cannot be told anything surer
                     uncertain = DeliveryUncertain(f"the receiving node {self.peer.label} was lost")
                     waiter.state.delivery_lost(waiter, uncertain)
@@ -441,6 +441,7 @@ class Session:
             # Taken, so the value is not offered again and again; the receive raises.
             if client.op.finish(client.index, error=exc):
                 self.send([Kind.TAKEN, op_id])
+                self.recently_taken.append(op_id)
             else:
                 self.send([Kind.REFUSED, op_id])
             return
