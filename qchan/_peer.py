@@ -13,15 +13,13 @@ import itertools
 import logging
 import struct
 import weakref
-from collections import deque
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from qchan._channel import ChannelState
 from qchan._client import CREDIT_WAIT, PARKED, ClientOp, RemoteEndpoint
 from qchan._errors import DeliveryUncertain, PeerLost, QchanError
 from qchan._home import CreditAccount, RemoteReceiver
 from qchan._refs import ChannelRef
-from qchan._session import MAX_OUTSTANDING
 from qchan.crypto.keys import fingerprint
 from qchan.protocol.frames import GoawayReason, Kind
 
@@ -40,7 +38,6 @@ class Peer:
 
     __slots__ = (
         "__weakref__",
-        "_linked_before",
         "_op_ids",
         "address",
         "candidates",
@@ -51,6 +48,7 @@ class Peer:
         "incarnation",
         "key",
         "left_at",
+        "lost_links",
         "name",
         "node",
         "parked",
@@ -58,9 +56,8 @@ class Peer:
         "redialing",
         "session",
         "sessions",
-        "settled",
+        "settled_links",
         "streaming",
-        "taken_on_lost_links",
         "unsettled_deliveries",
     )
 
@@ -86,12 +83,12 @@ class Peer:
         self.credit_accounts: dict[int, CreditAccount] = {}  # home side: its credits with us
         # Operation ids are unique per peer, not per link: SETTLE names ops of lost links.
         self._op_ids = itertools.count(1)
-        self._linked_before = False
-        # client side: DELIVERs we took on links that then died (our TAKEN may be lost)
-        self.taken_on_lost_links: deque[int] = deque(maxlen=MAX_OUTSTANDING)
-        # home side: buffered values on their way to the peer when its link died
-        self.unsettled_deliveries: dict[int, RemoteReceiver] = {}
-        self.settled: set[int] | None = None  # what the peer settled on its current link
+        # client side: per link of ours that ended, the DELIVERs we took on it (SETTLE)
+        self.lost_links: dict[bytes, list[int]] = {}
+        # home side: per link that ended, the buffered values that were on their way to the
+        # peer on it; and what the peer said it took on links it saw end (SETTLE)
+        self.unsettled_deliveries: dict[bytes, dict[int, RemoteReceiver]] = {}
+        self.settled_links: dict[bytes, frozenset[int]] = {}
 
     def next_op_id(self) -> int:
         return next(self._op_ids)
@@ -202,8 +199,10 @@ class Peer:
                 session.opened.discard(chan)
                 session.send([Kind.RELEASE, chan])
                 told = True
-        if not told and self.session is None:
-            self.pending_releases.add(chan)  # said when the next link comes up
+        if not told and self.session is None and self.incarnation is not None:
+            # Said when the next link comes up. (A node we never reached has not counted us
+            # as a holder of anything: there is nothing to tell it.)
+            self.pending_releases.add(chan)
 
     # --- links -------------------------------------------------------------------------------
 
@@ -225,10 +224,9 @@ class Peer:
         for chan in self.pending_releases:
             session.send([Kind.RELEASE, chan])
         self.pending_releases.clear()
-        self.settled = None  # (what the peer settles on this link is yet to come)
-        if self._linked_before:
-            self._settle(session)
-        self._linked_before = True
+        for link_id, taken in self.lost_links.items():
+            # Said again on every new link: a SETTLE may have been lost with its link.
+            session.send(_settle_frame(link_id, taken))
         for endpoint in list(self.endpoints.values()):
             session.ensure_open(endpoint)
         for endpoint in list(self.streaming):
@@ -245,8 +243,6 @@ class Peer:
             self.session = next((s for s in self.sessions if not s.closed), None)
             if self.session is not None:
                 self.session.retired = False
-                self.settled = None
-                self._settle(self.session)  # as on a new link: the other one is lost
         if self.session is None:
             self.left_at = self.node.now()
             lost = PeerLost(f"lost the connection to {self.label}: {error}")
@@ -297,6 +293,7 @@ class Peer:
         if restarted:
             self.release_holdings()
             self.credit_accounts.clear()  # a new process starts its sequences afresh
+            self.lost_links.clear()  # (links to the old run: nothing there to settle)
         self.pending_releases.clear()  # (they named channels of the old run)
 
     def release_holdings(self) -> None:
@@ -309,34 +306,58 @@ class Peer:
         for account in self.credit_accounts.values():
             account.release()
         self.node.exports.forget_holder(self.key)
+        self.settled_links.clear()
         unsettled, self.unsettled_deliveries = self.unsettled_deliveries, {}
-        for waiter in unsettled.values():
-            waiter.state.delivery_lost(waiter, DeliveryUncertain(f"{self.label} is gone"))
+        for parked in unsettled.values():
+            for waiter in parked.values():
+                waiter.state.delivery_lost(waiter, DeliveryUncertain(f"{self.label} is gone"))
 
-    def _settle(self, session: Session) -> None:
-        # Which values delivered on lost links we took: the home returns the others to their
-        # buffers (it keeps them until it hears this, or until we are gone). The list is said
-        # again on every new link (a SETTLE may be lost with its link); it is bounded.
-        taken = self.taken_on_lost_links
-        session.send([Kind.SETTLE, struct.pack(f">{len(taken)}Q", *taken)])
+    # --- values on their way when a link ended (SETTLE) --------------------------------------
 
-    def park_delivery(self, op_id: int, waiter: RemoteReceiver) -> None:
-        """A buffered value was on its way to the peer when a link to it died: wait for the
-        peer to say whether it took it (SETTLE), unless it said so already on another link."""
-        if self.settled is not None:
-            waiter.state.delivery_answered(waiter, op_id in self.settled)
-        else:
-            self.unsettled_deliveries[op_id] = waiter
+    def link_lost(self, link_id: bytes, taken: list[int]) -> None:
+        """Our link ``link_id`` to the peer ended having taken the DELIVERs ``taken`` (our
+        TAKENs may be lost with it). The home keeps the values it had on their way there until
+        it hears which we took, so we say so at once on any other link, and on every new one.
+        Only once the link has ended here is the list final: nothing arrives on it any more."""
+        self.lost_links[link_id] = taken
+        while len(self.lost_links) > _LINKS_REMEMBERED:
+            del self.lost_links[next(iter(self.lost_links))]
+        for session in self.sessions:
+            session.send(_settle_frame(link_id, taken))
 
-    def settle_deliveries(self, taken: set[int]) -> None:
-        """The peer, back on a new link, said which of the values on their way it took."""
-        unsettled, self.unsettled_deliveries = self.unsettled_deliveries, {}
-        for op_id, waiter in unsettled.items():
+    def park_delivery(self, link_id: bytes, op_id: int, waiter: RemoteReceiver) -> None:
+        """A buffered value was on its way to the peer on ``link_id`` when that link ended
+        here: it waits for the peer to say whether it took it, unless it has said so."""
+        taken = self.settled_links.get(link_id)
+        if taken is not None:
             waiter.state.delivery_answered(waiter, op_id in taken)
-        self.settled = taken  # (deliveries parked later, from a link that dies after this)
+        else:
+            self.unsettled_deliveries.setdefault(link_id, {})[op_id] = waiter
+
+    def settle_link(self, link_id: bytes, taken: frozenset[int]) -> None:
+        """The peer says its link ``link_id`` ended there, having taken ``taken``."""
+        self.settled_links[link_id] = taken
+        while len(self.settled_links) > _LINKS_REMEMBERED:
+            del self.settled_links[next(iter(self.settled_links))]
+        for waiter_op_id, waiter in self.unsettled_deliveries.pop(link_id, {}).items():
+            waiter.state.delivery_answered(waiter, waiter_op_id in taken)
+        for session in self.sessions:
+            if session.link.link_id == link_id and not session.closed:
+                # Still open here, but over for the peer: nothing we send on it is taken
+                # any more. What is on its way there is parked, and settled, as it ends.
+                session.link.close(GoawayReason.DUPLICATE, "you said this link ended")
 
     def __repr__(self) -> str:
         return f"<Peer {self.label} {'connected' if self.connected else 'disconnected'}>"
+
+
+#: Lost links whose SETTLE a node remembers, at each end (a peer is unlikely to lose more
+#: before it is linked again; a value parked for an older one waits until the peer is gone).
+_LINKS_REMEMBERED: Final = 8
+
+
+def _settle_frame(link_id: bytes, taken: list[int]) -> list[Any]:
+    return [Kind.SETTLE, link_id, struct.pack(f">{len(taken)}Q", *taken)]
 
 
 def _remove(queue: Any, client: ClientOp) -> None:

@@ -32,6 +32,7 @@ from qchan._errors import (
     error_for_code,
 )
 from qchan._home import RemoteReceiver, RemoteSender, credit_target, error_frame
+from qchan.protocol.connection import LINK_ID_LEN
 from qchan.protocol.frames import Frame, GoawayReason, Kind, Mode, Rights
 from qchan.transport import Link
 
@@ -156,13 +157,13 @@ class Session:
 
     def on_frames(self, frames: list[Frame]) -> None:
         """Called by the link with every frame of one read, in order."""
-        if self.closed:
-            return
         handlers = _HANDLERS
         try:
             for frame in frames:
+                if self.closed:  # (ended, perhaps by a handler: what follows is never read)
+                    return
                 handlers[frame[0]](self, frame)
-            if self._credit_dirty:
+            if self._credit_dirty and not self.closed:
                 for chan in self._credit_dirty:
                     self.grant_credits(chan)
                 self._credit_dirty.clear()
@@ -187,16 +188,16 @@ class Session:
             if isinstance(waiter, RemoteReceiver) and waiter.pending is not None:
                 if waiter.pending[1] is None:
                     # A buffered value on its way: whether the peer took it is unknown. It
-                    # keeps its slot until the peer says (SETTLE, on its next link) or is gone.
-                    self.peer.park_delivery(op_id, waiter)
+                    # keeps its slot until the peer says (SETTLE) or is gone.
+                    self.peer.park_delivery(self.link.link_id, op_id, waiter)
                 else:  # a sender waits on this handoff: it cannot be told anything surer
                     uncertain = DeliveryUncertain(f"the receiving node {self.peer.label} was lost")
                     waiter.state.delivery_lost(waiter, uncertain)
             else:
                 waiter.withdraw()
         self.grants.clear()
-        self.peer.taken_on_lost_links.extend(self.recently_taken)
         self.peer.detach(self, error)
+        self.peer.link_lost(self.link.link_id, list(self.recently_taken))
 
     def goodbye(self, text: str) -> None:
         """This node is stopping: settle what can be settled, then close the link.
@@ -258,6 +259,8 @@ class Session:
         """
         grant = self.grants.get(chan)
         state = grant[0] if grant is not None and grant[1] & Rights.SEND else None
+        if grant is None and chan not in self.peer.credit_accounts:
+            return  # released (in this very read, perhaps): nothing to confirm
         account = self.peer.credit_account(chan, state)
         if state is not None and state.capacity and not state.closed:  # (a rendezvous: never)
             target = credit_target(state.capacity)
@@ -311,6 +314,9 @@ class Session:
             return  # sent again after a reconnect, and we have it already
         if seq > account.told_most:
             raise ProtocolError(f"credited send {seq} on channel {chan} beyond any credit given")
+        if seq != account.last_seq + 1:
+            # (the slots of the seqs skipped would stay reserved for good)
+            raise ProtocolError(f"credited send {seq} on channel {chan} after {account.last_seq}")
         reserved = seq <= account.window
         account.last_seq = seq
         if state is None:
@@ -403,12 +409,14 @@ class Session:
             account.release()
 
     def _on_settle(self, frame: Frame) -> None:
-        """The peer, on a new link, says which DELIVERs of lost links it took."""
-        data = frame[1]
+        """The peer says a link ended there, and which of our DELIVERs on it it took."""
+        _, link_id, data = frame
+        if len(link_id) != LINK_ID_LEN:
+            raise ProtocolError(f"SETTLE must name a link by {LINK_ID_LEN} bytes")
         if len(data) % 8:
             raise ProtocolError("SETTLE must hold 8-byte operation ids")
-        taken = set(struct.unpack(f">{len(data) // 8}Q", data))
-        self.peer.settle_deliveries(taken)
+        taken = frozenset(struct.unpack(f">{len(data) // 8}Q", data))
+        self.peer.settle_link(link_id, taken)
 
     def _on_lookup(self, frame: Frame) -> None:
         _, req, name = frame
@@ -424,6 +432,7 @@ class Session:
         client = self.ops.pop(frame[1], None)
         if client is not None:
             if not client.is_send:
+                self.ops[frame[1]] = client  # (failed with the link, as it closes)
                 raise ProtocolError(f"ACK for receive operation {frame[1]}")
             client.op.finish(client.index)
 
@@ -434,6 +443,7 @@ class Session:
             self.send([Kind.REFUSED, op_id])
             return
         if client.is_send:
+            self.ops[op_id] = client  # (failed with the link, as it closes)
             raise ProtocolError(f"DELIVER for send operation {op_id}")
         try:
             value = self._decode(data)
@@ -466,7 +476,9 @@ class Session:
     def _on_claim(self, frame: Frame) -> None:
         op_id = frame[1]
         client = self.ops.get(op_id)
-        if client is not None and client.is_send and client.op.claim(client.index):
+        if client is not None and not client.is_send:
+            raise ProtocolError(f"CLAIM for receive operation {op_id}")
+        if client is not None and client.op.claim(client.index):
             client.granted = True
             self.send([Kind.GRANT, op_id])
         else:
@@ -474,9 +486,14 @@ class Session:
             self.send([Kind.DENY, op_id])
 
     def _on_cancelled(self, frame: Frame) -> None:
-        client = self.ops.pop(frame[1], None)
-        if client is not None:
-            client.op.abandon()
+        op_id = frame[1]
+        client = self.ops.get(op_id)
+        if client is None:
+            return
+        if client.status != CANCELLING:
+            raise ProtocolError(f"CANCELLED for operation {op_id}, which asked no CANCEL")
+        del self.ops[op_id]
+        client.op.abandon()
 
     def _on_failed(self, frame: Frame) -> None:
         _, op_id, code, text = frame

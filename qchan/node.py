@@ -60,6 +60,9 @@ _REDIAL_MIN: Final = 0.1
 _REDIAL_MAX: Final = 2.0
 _LOOKUP_RETRY: Final = 0.25
 _MAX_DISCOVERED_PEERS: Final = 1024
+#: Peers never reached that hold nothing are swept out once there are this many peers (or
+#: twice as many as after the last sweep): references to strangers cannot pile them up.
+_SWEEP_PEERS_AT: Final = 32
 _DIAL_DEFERENCE: Final = 0.5
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
 
@@ -166,6 +169,7 @@ class Node:
         )
         self._registry: dict[str, _Handle] = {}
         self._peers: dict[bytes, Peer] = {}
+        self._sweep_peers_at = _SWEEP_PEERS_AT
         self._transport: Transport | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._listener: Listener | None = None
@@ -410,7 +414,7 @@ class Node:
             return _handle(state, ref.rights)
         peer = self._peers.get(ref.home)
         if peer is None:
-            peer = self._peers[ref.home] = Peer(self, ref.home, ref.address)
+            peer = self._new_peer(ref.home, ref.address)
         elif not peer.address:
             peer.address = ref.address
         if peer.incarnation is not None and ref.incarnation != peer.incarnation:
@@ -432,7 +436,7 @@ class Node:
             return
         peer = self._peers.get(key)
         if peer is None:
-            peer = self._peers[key] = Peer(self, key)
+            peer = self._new_peer(key)
         first = peer.session is None
         peer.adopt_incarnation(hello.incarnation)
         peer.name = hello.name
@@ -510,6 +514,14 @@ class Node:
             await link.wait_closed()
             await anyio.sleep(_REDIAL_MIN)
 
+    def _new_peer(self, key: bytes, address: str = "") -> Peer:
+        if len(self._peers) >= self._sweep_peers_at:
+            for idle in [k for k, p in self._peers.items() if p.forgettable and not p.discovered]:
+                del self._peers[idle]
+            self._sweep_peers_at = max(_SWEEP_PEERS_AT, 2 * len(self._peers))
+        peer = self._peers[key] = Peer(self, key, address)
+        return peer
+
     # --- discovery ---------------------------------------------------------------------------
 
     def _discovered(self, name: str, public_key: bytes, addresses: list[str]) -> None:
@@ -527,7 +539,7 @@ class Node:
                 if not idle:
                     return
                 del self._peers[idle[0]]
-            peer = self._peers[public_key] = Peer(self, public_key)
+            peer = self._new_peer(public_key)
         peer.candidates = addresses
         if not peer.address:
             peer.address = addresses[0]

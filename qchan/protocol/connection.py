@@ -56,12 +56,14 @@ __all__ = [
     "Event",
     "FramesReceived",
     "GoawayReceived",
+    "LINK_ID_LEN",
     "HandshakeCompleted",
     "Hello",
     "State",
 ]
 
 PROTOCOL_VERSION: Final = 1
+LINK_ID_LEN: Final = 8
 _LENGTH: Final = struct.Struct(">H")
 _LAST_CONTROL_KIND: Final = int(Kind.PART)  # connection control kinds are numbered first
 _MAX_NAME_LEN: Final = 255
@@ -201,6 +203,7 @@ class Connection:
         "_ping_nonce",
         "_pinged_at",
         "initiator",
+        "link_id",
         "remote_hello",
         "remote_key",
         "state",
@@ -222,6 +225,9 @@ class Connection:
         self.state = State.HANDSHAKING
         self.remote_key: bytes | None = None
         self.remote_hello: Hello | None = None
+        #: Names this connection to both ends alike once the handshake is done: the first 8
+        #: bytes of the handshake hash (SETTLE names a lost link by it).
+        self.link_id = b""
         self._config = config
         self._handshake = NoiseHandshake(
             initiator=initiator,
@@ -320,6 +326,7 @@ class Connection:
             # gets nothing more, as when its key is refused.
             hello = Hello.decode(handshake.remote_payload)
             self._cipher = handshake.transport()
+            self.link_id = handshake.handshake_hash[:LINK_ID_LEN]
             self.remote_key = handshake.remote_static
             self.remote_hello = hello
             if not self.initiator:

@@ -66,7 +66,7 @@ class Kind(IntEnum):
     DENY = 0x28  # [op]                       no to CLAIM: the select did something else
     CLOSE = 0x29  # [chan]                    close the channel
     RELEASE = 0x2A  # [chan]                  this node dropped its last handle to `chan`
-    SETTLE = 0x2C  # [ops]                    on a new link: the DELIVERs we took on lost links
+    SETTLE = 0x2C  # [link, ops]              a link to you ended: the DELIVERs we took on it
     # replies from a channel's home
     ACK = 0x30  # [op]                        the SEND completed (taken, or buffered)
     DELIVER = 0x31  # [op, value]             a value for RECV: answer TAKEN or REFUSED
@@ -124,7 +124,7 @@ SCHEMAS: Final[dict[int, tuple[type, ...]]] = {
     Kind.DENY: (int,),
     Kind.CLOSE: (int,),
     Kind.RELEASE: (int,),
-    Kind.SETTLE: (bytes,),
+    Kind.SETTLE: (bytes, bytes),
     Kind.ACK: (int,),
     Kind.DELIVER: (int, bytes),
     Kind.CLOSED: (int,),

@@ -128,6 +128,11 @@ class Link:
 
     # --- the node's interface ------------------------------------------------------------
 
+    @property
+    def link_id(self) -> bytes:
+        """This link's name, the same at both ends (set once the handshake is done)."""
+        return self._conn.link_id
+
     def start(self, on_frames: OnFrames, on_closed: OnClosed) -> None:
         """Attach the node's callbacks; deliver the frames (and the end) that came before.
 

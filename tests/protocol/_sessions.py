@@ -23,19 +23,33 @@ from qchan.protocol import Frame, Kind, Mode, Rights
 from ._helpers import CLUSTER_KEY, INITIATOR_HELLO, INITIATOR_KEY, RESPONDER_HELLO, RESPONDER_KEY
 
 
+def link_id(number: int) -> bytes:
+    """The name of the ``number``-th link between alpha and beta (both ends know it)."""
+    return number.to_bytes(8, "big")
+
+
 class RecordingLink:
-    """Just enough of a transport link for a Session: it records what the session sends."""
+    """Just enough of a transport link for a Session: it records what the session sends.
+
+    Closing it is a test failure (a protocol error, say) unless ``may_close`` is set; then the
+    reason is recorded and the test ends the link with :func:`lose`.
+    """
 
     initiator = False
 
-    def __init__(self) -> None:
+    def __init__(self, number: int) -> None:
         self.sent: list[list[Any]] = []
+        self.link_id = link_id(number)
+        self.may_close = False
+        self.closed_for: tuple[object, ...] | None = None
 
     def send(self, frame: list[Any]) -> None:
         self.sent.append(frame)
 
     def close(self, *args: object) -> None:
-        raise AssertionError(f"the link was closed: {args}")
+        if not self.may_close:
+            raise AssertionError(f"the link was closed: {args}")
+        self.closed_for = args
 
     def pause_reading(self) -> None:
         raise AssertionError("paused")
@@ -86,15 +100,17 @@ class Home:
         self.rights = rights
         self.ref = self.node.exports.ref(state, rights, self.alpha.key)
         assert self.ref.chan == CHAN
+        self.links = 0
         self.connect()
 
     def connect(self) -> None:
-        """A (new) link from alpha is up."""
-        self.link = RecordingLink()
+        """A (new) link from alpha is up: ``link_id(self.links)``."""
+        self.links += 1
+        self.link = RecordingLink(self.links)
         self.session = Session(self.node, self.alpha, self.link)  # type: ignore[arg-type]
         self.alpha.attach(self.session)
         # On a link after the first, beta (a requester of alpha's channels too) first says which
-        # values of lost links it took (SETTLE: none here); the tests look at what follows.
+        # values it took on each lost link (SETTLE: none); the tests look at what follows.
         self.settled, self.link.sent = self.link.sent, []
 
     def lose(self) -> None:
@@ -167,11 +183,14 @@ class Requester:
         self.beta = self.node._peers[RESPONDER_KEY.public] = Peer(self.node, RESPONDER_KEY.public)
         self.beta.adopt_incarnation(ref.incarnation)
         self.endpoint: RemoteEndpoint = self.beta.endpoint(ref)  # (held: a handle's endpoint)
+        self.links = 0
         self.connect()
 
     def connect(self) -> None:
-        """A (new) link to beta is up (what alpha sends on it first: :meth:`sent`)."""
-        self.link = RecordingLink()
+        """A (new) link to beta is up, ``link_id(self.links)`` (what alpha sends on it first:
+        :meth:`sent`)."""
+        self.links += 1
+        self.link = RecordingLink(self.links)
         self.session = Session(self.node, self.beta, self.link)  # type: ignore[arg-type]
         self.beta.attach(self.session)
 

@@ -199,7 +199,7 @@ def test_a_credit_for_a_channel_no_longer_held_is_ignored() -> None:
     # alpha's side: a CREDIT for chan 9, which alpha has released (or never held)
     alpha = Node(cluster_key=CLUSTER_KEY, key=INITIATOR_KEY)
     beta = alpha._peers[RESPONDER_KEY.public] = Peer(alpha, RESPONDER_KEY.public)
-    link = RecordingLink()
+    link = RecordingLink(1)
     session = Session(alpha, beta, link)  # type: ignore[arg-type]
     beta.attach(session)
     session.on_frames([[Kind.CREDIT, 9, 0, 4], [Kind.CREDIT, 9, 3, 8]])

@@ -173,16 +173,19 @@ def test_unclaim_and_shut_are_one_uint_each() -> None:
     assert decode(b"\x92\x37\x07\x92\x38\x03") == [[Kind.UNCLAIM, 7], [Kind.SHUT, 3]]
 
 
-def test_settle_is_one_bin_of_op_ids() -> None:
+def test_settle_is_a_link_id_and_a_bin_of_op_ids() -> None:
     assert Kind(0x2C) is Kind.SETTLE
-    assert SCHEMAS[Kind.SETTLE] == (bytes,)
-    assert encode_frame([Kind.SETTLE, b""]) == b"\x92\x2c\xc4\x00"
+    assert SCHEMAS[Kind.SETTLE] == (bytes, bytes)
+    link = bytes(range(8))
+    assert encode_frame([Kind.SETTLE, link, b""]) == b"\x93\x2c\xc4\x08" + link + b"\xc4\x00"
     ops = (7).to_bytes(8, "big") + (2**64 - 1).to_bytes(8, "big")
-    assert encode_frame([Kind.SETTLE, ops]) == b"\x92\x2c\xc4\x10" + ops
-    assert decode(b"\x92\x2c\xc4\x00") == [[Kind.SETTLE, b""]]
-    # the frame layer checks the type only: a length not a multiple of 8 is the node's to refuse
-    assert decode(b"\x92\x2c\xc4\x03abc") == [[Kind.SETTLE, b"abc"]]
-    for wrong in (b"\x92\x2c\x07", b"\x92\x2c\xa0", b"\x91\x2c", b"\x93\x2c\xc4\x00\x01"):
+    encoded = encode_frame([Kind.SETTLE, link, ops])
+    assert encoded == b"\x93\x2c\xc4\x08" + link + b"\xc4\x10" + ops
+    assert decode(encoded) == [[Kind.SETTLE, link, ops]]
+    # the frame layer checks the types only: lengths are the node's to refuse
+    assert decode(b"\x93\x2c\xc4\x01x\xc4\x03abc") == [[Kind.SETTLE, b"x", b"abc"]]
+    wrongs = (b"\x92\x2c\xc4\x00", b"\x93\x2c\x07\xc4\x00", b"\x93\x2c\xc4\x00\xa0", b"\x91\x2c")
+    for wrong in wrongs:
         with pytest.raises(ProtocolError):
             decode(wrong)
 

@@ -1,14 +1,13 @@
 """Section 6.6 of docs/protocol.md: a DELIVER lost with its link, and SETTLE.
 
 At the home (a real :class:`qchan._session.Session`, fed a requester's frames): a buffered value
-on its way to a requester whose link dies keeps its slot until the requester, back on a new
-link, says whether it took it; it counts as taken only if the requester is gone for good or
-restarts. A sender waiting on such a handoff fails at once with ``DeliveryUncertain``. At the
-requester (a real Session too): the next link starts with a SETTLE naming exactly the DELIVERs
-it took, and op ids are unique per peer across links.
+on its way to a requester whose link dies keeps its slot until the requester says whether it
+took it on that link; it counts as taken only if the requester is gone for good or restarts. A
+sender waiting on such a handoff fails at once with ``DeliveryUncertain``. At the requester (a
+real Session too): a link that ends is settled, by its id, with exactly the DELIVERs taken on it,
+at once on any other link and again on every new one.
 
-The strict xfails at the end are library bugs, each with the reason; when one is fixed it passes,
-pytest reports XPASS as a failure, and the fixer removes the mark.
+The links of these tests are numbered: ``link_id(n)`` names the n-th link at both ends.
 """
 
 from __future__ import annotations
@@ -22,21 +21,23 @@ import pytest
 
 from qchan import Channel, DeliveryUncertain, PeerLost, ProtocolError, WouldBlock
 from qchan._operation import DONE, Operation
-from qchan.protocol import Frame, Kind, Rights
+from qchan.protocol import Frame, GoawayReason, Kind, Rights
 
-from ._sessions import CHAN, Home, Requester, lose, packed
-
-EMPTY: Frame = [Kind.SETTLE, b""]
+from ._sessions import CHAN, Home, Requester, link_id, lose, packed
 
 
-def settle(*ops: int) -> Frame:
-    return [Kind.SETTLE, struct.pack(f">{len(ops)}Q", *ops)]
+def settle(link: int, *ops: int) -> Frame:
+    """alpha's SETTLE of its ``link``-th link, having taken ``ops`` on it."""
+    return [Kind.SETTLE, link_id(link), struct.pack(f">{len(ops)}Q", *ops)]
 
 
-def settled_ops(frame: Frame) -> list[int]:
-    """The op ids a SETTLE frame lists, in its order."""
-    assert frame[0] == Kind.SETTLE, frame
-    data = frame[1]
+EMPTY: Frame = settle(1)  # the first link ended, nothing taken on it
+
+
+def settled_ops(frame: Frame, link: int = 1) -> list[int]:
+    """The op ids a SETTLE of the ``link``-th link lists, in its order."""
+    assert frame[:2] == [Kind.SETTLE, link_id(link)], frame
+    data = frame[2]
     assert len(data) % 8 == 0
     return list(struct.unpack(f">{len(data) // 8}Q", data))
 
@@ -59,7 +60,9 @@ def check_parked(home: Home, *buffered: str) -> None:
     assert [state.in_flight, state.in_flight_buffered] == [1, 1]
     assert home.buffer() == list(buffered)
     assert state.free_slots() == state.capacity - len(buffered) - 1 - state.reserved
-    assert list(home.alpha.unsettled_deliveries) == [1]
+    assert {link: list(ops) for link, ops in home.alpha.unsettled_deliveries.items()} == {
+        link_id(1): [1]
+    }
 
 
 def check_settled(home: Home, *buffered: str) -> None:
@@ -85,8 +88,10 @@ def test_a_delivery_lost_with_its_link_keeps_its_slot_until_the_requester_says()
     home.housekeep(0.3)  # away, but for less than 2 x peer_timeout: not gone
     check_parked(home, "c")
     home.connect()
-    assert home.settled == [EMPTY]  # (beta's own SETTLE: it took nothing of alpha's)
+    assert home.settled == [settle(1)]  # (beta's own SETTLE: it took nothing of alpha's)
     check_parked(home, "c")  # a new link alone settles nothing
+    home.says(settle(3))  # nor a SETTLE of another link
+    check_parked(home, "c")
 
 
 def test_a_settle_that_does_not_list_it_returns_the_value_to_the_front() -> None:
@@ -96,7 +101,7 @@ def test_a_settle_that_does_not_list_it_returns_the_value_to_the_front() -> None
     assert home.says(EMPTY) == []  # SETTLE has no answer
     check_settled(home, "a", "b", "c")
     # ... and ops it does list that name no parked delivery are ignored
-    assert home.says(settle(7, 2**64 - 1)) == []
+    assert home.says(settle(1, 7, 2**64 - 1)) == []
     check_settled(home, "a", "b", "c")
     # the value is delivered again, first
     assert home.says([Kind.RECV, 2, CHAN]) == [[Kind.DELIVER, 2, packed("a")]]
@@ -105,7 +110,7 @@ def test_a_settle_that_does_not_list_it_returns_the_value_to_the_front() -> None
 def test_a_settle_that_lists_it_counts_it_as_taken() -> None:
     home = delivering(4, "a", "b")
     home.connect()
-    assert home.says(settle(9, 1)) == []
+    assert home.says(settle(1, 9, 1)) == []
     check_settled(home, "b")
     # settled once: a later SETTLE changes nothing
     assert home.says(EMPTY) == []
@@ -118,7 +123,7 @@ def test_a_settle_frees_a_slot_for_a_blocked_sender() -> None:
     assert not home.state.poll_send("c")  # full: "b" buffered, "a" in flight
     home.state.wait_send(blocked, 0, "c")
     home.connect()
-    home.says(settle(1))
+    home.says(settle(1, 1))
     assert [blocked.state, blocked.error] == [DONE, None]  # its value moved in
     check_settled(home, "b", "c")
 
@@ -153,11 +158,9 @@ def test_two_deliveries_lost_with_one_link_are_settled_each_by_the_settle() -> N
     home.lose()
     assert [home.state.in_flight_buffered, home.buffer()] == [3, ["d"]]
     home.connect()
-    home.says(settle(2))
+    home.says(settle(1, 2))
     assert home.state.in_flight == 0
-    # "a" and "c" are back, ahead of "d" ("b" was taken); in what order: see the xfail below
-    assert sorted(home.buffer()[:2]) == ["a", "c"]
-    assert home.buffer()[2:] == ["d"]
+    assert home.buffer() == ["a", "c", "d"]  # back ahead of "d", in order ("b" was taken)
 
 
 def test_a_rendezvous_sender_waiting_on_the_handoff_fails_at_once() -> None:
@@ -175,7 +178,7 @@ def test_a_rendezvous_sender_waiting_on_the_handoff_fails_at_once() -> None:
     assert home.state.in_flight == 0
     # alpha's SETTLE, listing it or not, changes nothing: it counted as taken
     home.connect()
-    home.says(settle(1))
+    home.says(settle(1, 1))
     assert [home.state.in_flight, home.buffer(), home.state.senders] == [0, [], deque()]
 
 
@@ -195,7 +198,7 @@ def test_a_buffered_channels_sender_whose_value_went_straight_to_the_receiver_fa
     assert isinstance(sender.error, DeliveryUncertain)  # at once
     check_parked(home)  # ... while "a", from the buffer, is parked
     home.connect()
-    home.says(settle(2))  # (taken or not, "x" counted as taken: nothing changes for it)
+    home.says(settle(1, 2))  # (taken or not, "x" counted as taken: nothing changes for it)
     check_settled(home, "a")
 
 
@@ -222,8 +225,71 @@ def test_a_settle_not_made_of_8_byte_ids_closes_the_link(length: int) -> None:
     home = delivering(4, "a", "b")
     home.connect()
     with pytest.raises(AssertionError, match=r"PROTOCOL_ERROR.*SETTLE must hold 8-byte"):
-        home.says([Kind.SETTLE, bytes(length - 1) + b"\x01"])
+        home.says([Kind.SETTLE, link_id(1), bytes(length - 1) + b"\x01"])
     check_parked(home, "b")  # nothing settled by it
+
+
+@pytest.mark.parametrize("length", [0, 7, 9, 64])
+def test_a_settle_naming_a_link_by_other_than_8_bytes_closes_the_link(length: int) -> None:
+    home = delivering(4, "a", "b")
+    home.connect()
+    with pytest.raises(AssertionError, match=r"PROTOCOL_ERROR.*SETTLE must name a link by 8"):
+        home.says([Kind.SETTLE, bytes(length), b""])
+    check_parked(home, "b")
+
+
+def test_a_settle_of_a_link_still_up_at_the_home_closes_it_and_counts_there() -> None:
+    # beta has not yet seen the old link end when alpha, back on a new one, says it took op 1
+    # on it (its TAKEN is still on its way, or lost): the old link is over for alpha, so beta
+    # closes it, and what was on its way there is settled by what alpha said
+    home = Home(8, Rights.BOTH)
+    home.open()
+    for value in "ab":
+        home.channel.send_nowait(value)
+    assert home.says([Kind.RECV, 1, CHAN], [Kind.RECV, 2, CHAN]) == [
+        [Kind.DELIVER, 1, packed("a")],
+        [Kind.DELIVER, 2, packed("b")],
+    ]
+    old, old_link = home.session, home.link
+    old_link.may_close = True
+    home.connect()
+    assert home.says(settle(1, 1)) == []
+    assert old_link.closed_for is not None
+    assert old_link.closed_for[0] == GoawayReason.DUPLICATE
+    lose(old)  # (what the link's close leads to)
+    check_settled(home, "b")  # "a" taken, "b" back: nothing waits for 2 x peer_timeout
+
+
+def test_a_settle_of_one_link_leaves_a_later_links_deliveries_parked() -> None:
+    # op 1 was lost with link 1 and settled; op 2, on link 2, is lost too: only alpha's SETTLE
+    # of link 2 can say whether it took it (it may take it on link 2 after settling link 1)
+    home = delivering(8, "a", "b")
+    home.connect()
+    home.says(EMPTY)
+    check_settled(home, "a", "b")
+    home.open()
+    assert home.says([Kind.RECV, 2, CHAN]) == [[Kind.DELIVER, 2, packed("a")]]
+    home.lose()
+    assert home.alpha.unsettled_deliveries.keys() == {link_id(2)}
+    home.connect()
+    home.says(settle(1, 2))  # (said again: it names link 1, whatever it lists)
+    assert home.state.in_flight_buffered == 1
+    home.says(settle(2, 2))
+    check_settled(home, "b")
+
+
+def test_an_op_id_reused_on_another_link_parks_apart() -> None:
+    # op ids are per peer, but a peer that reuses one (a bug, or on purpose) must not make a
+    # parked value vanish: each link's deliveries are parked under that link
+    home = delivering(8, "a", "b", "c")
+    home.connect()
+    home.open()
+    assert home.says([Kind.RECV, 1, CHAN]) == [[Kind.DELIVER, 1, packed("b")]]
+    home.lose()
+    assert home.state.in_flight_buffered == 2
+    home.connect()
+    home.says(settle(1), settle(2))
+    check_settled(home, "a", "b", "c")
 
 
 # --- at the requester ---------------------------------------------------------------------
@@ -257,7 +323,7 @@ def test_the_next_link_starts_with_a_settle_of_exactly_the_deliveries_taken() ->
     home.connect()
     second = alpha.sent()
     settle_frame, *rest = second
-    assert sorted(settled_ops(settle_frame)) == [1, 3]
+    assert sorted(settled_ops(settle_frame, link=1)) == [1, 3]
     assert [frame[0] for frame in rest] == [Kind.OPEN]
     home.says(*second)
     assert home.state.in_flight == 0
@@ -267,14 +333,54 @@ def test_the_next_link_starts_with_a_settle_of_exactly_the_deliveries_taken() ->
     assert alpha.sent() == [[Kind.RECV, 5, CHAN]]
     alpha.session.lookup("jobs", Channel(1))
     assert alpha.sent() == [[Kind.LOOKUP, 6, "jobs"]]
-    # said again on every later link (a SETTLE can be lost with its link; ids are never reused,
-    # so a home that has settled them ignores them)
+    # said again on every later link (a SETTLE can be lost with its link; a home that has
+    # settled that link finds nothing more to settle), with one for each link lost since
     alpha.lose()
     home.lose()
     alpha.connect()
     third = alpha.sent()
-    assert sorted(settled_ops(third[0])) == [1, 3]
-    assert [frame[0] for frame in third[1:]] == [Kind.OPEN]
+    assert sorted(settled_ops(third[0], link=1)) == [1, 3]
+    assert settled_ops(third[1], link=2) == []  # (op 5's DELIVER never came)
+    assert [frame[0] for frame in third[2:]] == [Kind.OPEN]
+
+
+def test_a_link_that_ends_while_another_is_up_is_settled_on_that_one_at_once() -> None:
+    home = Home(8, Rights.BOTH)
+    alpha = Requester(home.ref)
+    home.says(*alpha.sent())
+    links = {1: (alpha.session, alpha.link)}
+    alpha.connect()  # a second link (both dialled at once, say): one of them carries new work
+    links[2] = (alpha.session, alpha.link)
+    working = 1 if alpha.beta.session is links[1][0] else 2
+    other = 3 - working
+    session, link = links[working]
+    link.sent.clear()
+    links[other][1].sent.clear()
+    home.channel.send_nowait("a")
+    receive = alpha.receive()
+    (recv,) = link.sent
+    assert recv[0] == Kind.RECV
+    link.sent.clear()
+    session.on_frames([[Kind.DELIVER, recv[1], packed("a")]])
+    assert link.sent == [[Kind.TAKEN, recv[1]]]
+    assert receive.value == "a"
+    # the working link ends: it is settled on the other one at once
+    lose(session)
+    assert links[other][1].sent == [settle(working, recv[1])]
+    # and that one ending too: both are said on the next link
+    lose(links[other][0])
+    alpha.connect()
+    assert sorted(alpha.sent()[:2]) == sorted([settle(working, recv[1]), settle(other)])
+
+
+def test_the_lost_links_remembered_are_the_eight_most_recent() -> None:
+    home = Home(8, Rights.BOTH)
+    alpha = Requester(home.ref)
+    for _ in range(10):
+        alpha.lose()
+        alpha.connect()
+    said = [frame for frame in alpha.sent() if frame[0] == Kind.SETTLE]
+    assert said == [settle(link) for link in range(3, 11)]
 
 
 def test_the_settle_comes_before_the_opens_and_the_resent_pushes() -> None:
@@ -307,10 +413,10 @@ def test_a_settle_of_many_ids_keeps_the_most_recent_ten_thousand() -> None:
     alpha.connect()
     settle_frame = alpha.sent()[0]
     assert sorted(settled_ops(settle_frame)) == list(range(count - 10_000 + 1, count + 1))
-    assert len(settle_frame[1]) == 80_000  # (more than a message holds: it goes as PARTs)
+    assert len(settle_frame[2]) == 80_000  # (more than a message holds: it goes as PARTs)
 
 
-# --- known bugs -------------------------------------------------------------------------------
+# --- found by the chaos harness and the fuzzer ----------------------------------------------
 
 
 def test_a_settle_lost_with_its_link_is_said_again() -> None:
@@ -328,6 +434,8 @@ def test_a_settle_lost_with_its_link_is_said_again() -> None:
     alpha.lose()
     alpha.connect()
     home.connect()
+    home.lose()
+    home.connect()  # (beta's links: 2 and 3 too)
     home.says(*alpha.sent())
     assert home.buffer() == []  # "a" was taken: it must not be delivered again
 
@@ -338,8 +446,9 @@ def test_a_settle_that_overtakes_the_old_link_ending_at_the_home_still_counts() 
     home.channel.send_nowait("a")
     assert home.says([Kind.RECV, 1, CHAN]) == [[Kind.DELIVER, 1, packed("a")]]
     old = home.session
+    home.link.may_close = True
     home.connect()  # alpha is back on a new link; the home has not seen the old one end yet
-    home.says(settle(1))  # alpha took op 1 (its TAKEN is lost with the old link)
+    home.says(settle(1, 1))  # alpha took op 1 (its TAKEN is lost with the old link)
     lose(old)
     home.housekeep(1.0)  # alpha stays connected: never gone
     assert home.state.in_flight == 0

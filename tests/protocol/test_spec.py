@@ -60,8 +60,9 @@ DOC: Final = Path(__file__).parents[2] / "docs" / "protocol.md"
 _BLOCK: Final = re.compile(r"<!-- example: ([\w-]+) -->\s*```hex\n(.*?)```", re.S)
 
 
-def _handshake() -> tuple[bytes, bytes, bytes, bytes]:
-    """Messages 1-3 and the confirmation (the responder's first transport message, PING 0)."""
+def _handshake() -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """Messages 1-3, the confirmation (the responder's first transport message, PING 0) and
+    the link's id (section 6.6: the first 8 bytes of the handshake hash)."""
     initiator = NoiseHandshake(
         initiator=True,
         static_key=INITIATOR_KEY,
@@ -83,7 +84,12 @@ def _handshake() -> tuple[bytes, bytes, bytes, bytes]:
     assert message_3 is not None
     assert responder.receive(message_3) is None
     confirmation = responder.transport().encrypt(encode_frame([Kind.PING, 0]))
-    return message_1, message_2, message_3, confirmation
+    assert initiator.handshake_hash == responder.handshake_hash
+    return message_1, message_2, message_3, confirmation, responder.handshake_hash[:8]
+
+
+def _link_id() -> bytes:
+    return _handshake()[4]
 
 
 def _wire(message: bytes) -> bytes:
@@ -156,7 +162,8 @@ def _exchange() -> _Exchange:
     assert isinstance(state, ChannelState)
     alpha = Peer(beta, INITIATOR_KEY.public)
     beta._peers[alpha.key] = alpha
-    link = RecordingLink()
+    link = RecordingLink(1)
+    link.link_id = _link_id()  # (the link of the documented handshake)
     session = Session(beta, alpha, link)  # type: ignore[arg-type]
     alpha.attach(session)
     assert link.sent == []  # (the first link to alpha: nothing to settle)
@@ -196,9 +203,9 @@ def _exchange() -> _Exchange:
     lose(session)
     # job-2 keeps its slot, waiting for alpha to say whether it took it
     assert [state.buffered(), state.in_flight_buffered, state.reserved] == [3, 1, 4]
-    # a new link: beta, which has been linked to alpha before, first says what it took of
-    # alpha's channels on the old link (nothing: an empty SETTLE)
-    link = RecordingLink()
+    # a new link: beta first says what it took of alpha's channels on the lost one (nothing:
+    # a SETTLE naming it, with no ops)
+    link = RecordingLink(2)
     session = Session(beta, alpha, link)  # type: ignore[arg-type]
     alpha.attach(session)
     beta_sent()
@@ -206,7 +213,7 @@ def _exchange() -> _Exchange:
     # PeerLost), opens again and resends what was never confirmed, before anything else;
     # beta puts job-2 back at the front, drops both pushes (it has them) and tells it all again
     alpha_says(
-        [Kind.SETTLE, (2).to_bytes(8, "big")],
+        [Kind.SETTLE, _link_id(), (2).to_bytes(8, "big")],
         opening,
         [Kind.PUSH, 1, 3, value("job-4")],
         [Kind.PUSH, 1, 4, value("job-5")],
@@ -257,7 +264,8 @@ EXAMPLES: Final[dict[str, Callable[[], bytes]]] = {
     "frame-push": lambda: encode_frame([Kind.PUSH, 3, 301, msgpack.packb("hello")]),
     "frame-credit": lambda: encode_frame([Kind.CREDIT, 3, 301, 316]),
     "frame-lookup": lambda: encode_frame([Kind.LOOKUP, 1, "jobs"]),
-    "frame-settle": lambda: encode_frame([Kind.SETTLE, struct.pack(">2Q", 8, 300)]),
+    "frame-settle": lambda: encode_frame([Kind.SETTLE, _link_id(), struct.pack(">2Q", 8, 300)]),
+    "link-id": _link_id,
     "frame-part-first-16-bytes": _first_part,
     "frames-two-in-one-plaintext": lambda: (
         encode_frame([Kind.TAKEN, 8]) + encode_frame([Kind.ACK, 7])
@@ -291,9 +299,9 @@ def test_the_worked_exchange_reads_as_documented() -> None:
     assert frames["op-deliver-lost"] == [[Kind.DELIVER, 3, msgpack.packb("job-2")]]  # (lost)
     # the new link: beta took nothing of alpha's; alpha took op 2 (and not op 3), then OPEN
     # first, then the unconfirmed pushes again, in order
-    assert frames["op-settle-home"] == [[Kind.SETTLE, b""]]
+    assert frames["op-settle-home"] == [[Kind.SETTLE, _link_id(), b""]]
     settle, reopen, *resent = frames["op-settle-reopen-resend"]
-    assert settle == [Kind.SETTLE, bytes(7) + b"\x02"]
+    assert settle == [Kind.SETTLE, _link_id(), bytes(7) + b"\x02"]
     assert reopen[:3] == [Kind.OPEN, 1, Rights.BOTH]
     assert resent == more
     # beta tells it all again: the same CREDIT, harmless to hear twice
@@ -331,6 +339,7 @@ def test_alphas_side_of_the_worked_exchange_is_what_a_requester_sends() -> None:
         return b"".join(encode_frame(frame) for frame in frames)
 
     alpha = Requester(ChannelRef.decode(exchange.ref))
+    alpha.link.link_id = _link_id()  # (the link of the documented handshake)
     endpoint = alpha.endpoint
     sending = Operation()
     assert not endpoint.poll_send("job-1")  # no window yet: a plain SEND
