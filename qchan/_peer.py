@@ -21,7 +21,7 @@ from qchan._errors import DeliveryUncertain, PeerLost, QchanError
 from qchan._home import CreditAccount, RemoteReceiver
 from qchan._refs import ChannelRef
 from qchan.crypto.keys import fingerprint
-from qchan.protocol.frames import GoawayReason, Kind
+from qchan.protocol.frames import Frame, GoawayReason, Kind
 
 if TYPE_CHECKING:
     from qchan._session import Session
@@ -83,8 +83,8 @@ class Peer:
         self.credit_accounts: dict[int, CreditAccount] = {}  # home side: its credits with us
         # Operation ids are unique per peer, not per link: SETTLE names ops of lost links.
         self._op_ids = itertools.count(1)
-        # client side: per link of ours that ended, the DELIVERs we took on it (SETTLE)
-        self.lost_links: dict[bytes, list[int]] = {}
+        # client side: per link of ours that ended, the SETTLE saying what we took on it
+        self.lost_links: dict[bytes, Frame] = {}
         # home side: per link that ended, the buffered values that were on their way to the
         # peer on it; and what the peer said it took on links it saw end (SETTLE)
         self.unsettled_deliveries: dict[bytes, dict[int, RemoteReceiver]] = {}
@@ -224,9 +224,9 @@ class Peer:
         for chan in self.pending_releases:
             session.send([Kind.RELEASE, chan])
         self.pending_releases.clear()
-        for link_id, taken in self.lost_links.items():
+        for settle in self.lost_links.values():
             # Said again on every new link: a SETTLE may have been lost with its link.
-            session.send(_settle_frame(link_id, taken))
+            session.send(settle)
         for endpoint in list(self.endpoints.values()):
             session.ensure_open(endpoint)
         for endpoint in list(self.streaming):
@@ -319,11 +319,12 @@ class Peer:
         TAKENs may be lost with it). The home keeps the values it had on their way there until
         it hears which we took, so we say so at once on any other link, and on every new one.
         Only once the link has ended here is the list final: nothing arrives on it any more."""
-        self.lost_links[link_id] = taken
+        settle = [Kind.SETTLE, link_id, struct.pack(f">{len(taken)}Q", *taken)]
+        self.lost_links[link_id] = settle
         while len(self.lost_links) > _LINKS_REMEMBERED:
             del self.lost_links[next(iter(self.lost_links))]
         for session in self.sessions:
-            session.send(_settle_frame(link_id, taken))
+            session.send(settle)
 
     def park_delivery(self, link_id: bytes, op_id: int, waiter: RemoteReceiver) -> None:
         """A buffered value was on its way to the peer on ``link_id`` when that link ended
@@ -354,10 +355,6 @@ class Peer:
 #: Lost links whose SETTLE a node remembers, at each end (a peer is unlikely to lose more
 #: before it is linked again; a value parked for an older one waits until the peer is gone).
 _LINKS_REMEMBERED: Final = 8
-
-
-def _settle_frame(link_id: bytes, taken: list[int]) -> list[Any]:
-    return [Kind.SETTLE, link_id, struct.pack(f">{len(taken)}Q", *taken)]
 
 
 def _remove(queue: Any, client: ClientOp) -> None:
