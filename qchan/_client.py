@@ -196,6 +196,11 @@ class RemoteEndpoint:
             unacked.popleft()
         if not unacked:
             self.peer.streaming.discard(self)
+            if acked > self.next_seq:
+                # The home's record counts the sends of an earlier handle of ours to this
+                # channel (its RELEASE was lost with a link, or is still on its way): go on
+                # from there, or our sends would look like ones it has already.
+                self.next_seq = acked
         if window > self.window:
             self.window = window
         waiters = self.credit_waiters

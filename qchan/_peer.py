@@ -13,6 +13,7 @@ import itertools
 import logging
 import struct
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, final
 
 from qchan._channel import ChannelState
@@ -197,7 +198,7 @@ class Peer:
         for session in self.sessions:
             if chan in session.opened:
                 session.opened.discard(chan)
-                session.send([Kind.RELEASE, chan])
+                session.release(chan)
                 told = True
         if not told and self.session is None and self.incarnation is not None:
             # Said when the next link comes up. (A node we never reached has not counted us
@@ -222,7 +223,8 @@ class Peer:
         for account in self.credit_accounts.values():
             account.told_window = account.told_acked = -1  # tell it all again on this link
         for chan in self.pending_releases:
-            session.send([Kind.RELEASE, chan])
+            if chan not in self.endpoints:  # (else held again: its record there is in use)
+                session.release(chan)
         self.pending_releases.clear()
         for settle in self.lost_links.values():
             # Said again on every new link: a SETTLE may have been lost with its link.
@@ -249,6 +251,18 @@ class Peer:
             for endpoint in self.streaming:
                 endpoint.fail_credit_waiters(lost)
             self.node.peer_left(self, error)
+
+    def releases_lost(self, chans: Iterable[int]) -> None:
+        """RELEASEs of ``chans`` went on a link that ended: perhaps never read. Said again
+        (twice is harmless), unless the channel is held again: then the home's record of it,
+        credit included, belongs to the new handle (RemoteEndpoint.credited)."""
+        for chan in chans:
+            if chan in self.endpoints:
+                continue
+            if self.session is not None:
+                self.session.release(chan)
+            elif self.incarnation is not None:
+                self.pending_releases.add(chan)
 
     def close_idle_duplicates(self, now: float, grace: float) -> None:
         """Close a link kept only as a duplicate once it has been idle for ``grace``.

@@ -48,6 +48,8 @@ log = logging.getLogger("qchan.node")
 MAX_OUTSTANDING: Final = 10_000
 #: DELIVERs taken on a link remembered in case it is lost before our TAKENs arrive (SETTLE).
 _TAKEN_REMEMBERED: Final = MAX_OUTSTANDING
+#: RELEASEs said on a link remembered in case it is lost before they are read (said again).
+_RELEASES_REMEMBERED: Final = 1024
 
 
 @final
@@ -69,6 +71,7 @@ class Session:
         "ops",
         "peer",
         "recently_taken",
+        "released",
         "retired",
     )
 
@@ -80,6 +83,7 @@ class Session:
         self.retired = False  # a duplicate link kept only until it is idle
         self.idle_since: float | None = None  # (a retired link: since when it was idle)
         self.recently_taken: deque[int] = deque(maxlen=_TAKEN_REMEMBERED)  # (for SETTLE)
+        self.released: deque[int] = deque(maxlen=_RELEASES_REMEMBERED)
         # client side: our operations at the peer's channels
         self.ops: dict[int, ClientOp] = {}
         self.lookups: dict[int, Channel[bytes | None]] = {}
@@ -125,6 +129,11 @@ class Session:
             self.send([Kind.SEND, op_id, endpoint.ref.chan, client.mode, client.data])
         else:
             self.send([Kind.RECV, op_id, endpoint.ref.chan])
+
+    def release(self, chan: int) -> None:
+        """We hold the peer's channel ``chan`` no more."""
+        self.send([Kind.RELEASE, chan])
+        self.released.append(chan)
 
     def forget(self, client: ClientOp) -> None:
         """A case left the operation (withdrawn): tell the home, ignore late answers."""
@@ -198,6 +207,7 @@ class Session:
         self.grants.clear()
         self.peer.detach(self, error)
         self.peer.link_lost(self.link.link_id, list(self.recently_taken))
+        self.peer.releases_lost(self.released)
 
     def goodbye(self, text: str) -> None:
         """This node is stopping: settle what can be settled, then close the link.
@@ -212,7 +222,7 @@ class Session:
         for chan in self.opened:
             # We hold nothing of the peer's any more: its buffer slots and holder records go
             # at once, not after the grace a peer that may come back is given.
-            self.send([Kind.RELEASE, chan])
+            self.release(chan)
         self.link.close(GoawayReason.SHUTDOWN, text)
 
     # --- home side helpers ---------------------------------------------------------------

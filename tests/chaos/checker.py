@@ -13,9 +13,13 @@ For every value whose send started (``S``), with ``n`` the number of receipts (`
 - outcome ``R`` (returned): ``n = 1``, unless it is explained (each counted on its own):
 
   - ``lost with its home``: a buffered channel whose home was SIGKILLed after the send
-    started (its buffer, and the credited sends on their way to it, die with it), and before
-    a value sent later by the same sending task on that channel was received (+ 2 s): values
-    of one sender leave the buffer in order, so by then this one had left it.
+    started, or so shortly before (1.5 s: ``peer_timeout`` and some) that the sending node
+    had not yet noticed (its buffer, and the credited sends on their way to it, die with it),
+    and before a value sent later by the same sending task on that channel was received
+    (+ 5 s): values of one sender leave the buffer in order, so by then this one had left it,
+    or was on its way to a receiver whose link then died: parked in the home until that
+    receiving node says whether it took it or is gone (2 x ``peer_timeout``), then back in
+    the buffer, first.
   - ``lost with its sender``: a buffered channel, and the sending node was SIGKILLed after
     the send started and within 10 s of its return, and no value its sending task sent later
     on that channel was received (values of one sender reach the home in order, so a later
@@ -74,7 +78,8 @@ EXPLANATIONS = (
 SENDER_GRACE = 10.0
 AWAY_WINDOW = 6.0
 RECEIVER_GRACE = 0.5
-HOME_GRACE = 2.0
+HOME_GRACE = 5.0
+HOME_UNNOTICED = 1.5
 
 
 @dataclasses.dataclass
@@ -314,7 +319,7 @@ def check(workdir: Path) -> Report:
                 report.violate(f"{label} send was received", f"{where}, received by {got}")
         elif outcome == "R" and n == 0:
             if send.cap and _killed_between(
-                kills, send.home, send.t, later_received(vid) + HOME_GRACE
+                kills, send.home, send.t - HOME_UNNOTICED, later_received(vid) + HOME_GRACE
             ):
                 report.explained["lost with its home"] += 1
             elif (

@@ -149,28 +149,23 @@ def _walk(value: object) -> Iterator[object]:
 
 
 def _same(a: object, b: object) -> bool:
-    """Equal values, NaN equal to itself, sets compared by their items' encodings."""
-    stack = [(a, b)]
-    while stack:
-        x, y = stack.pop()
-        if type(x) is not type(y):
-            return False
-        if type(x) in (set, frozenset):
-            xs = sorted(_codec.encode(item) for item in x)  # type: ignore[attr-defined]
-            ys = sorted(_codec.encode(item) for item in y)  # type: ignore[attr-defined]
-            if xs != ys:
-                return False
-        elif type(x) in (list, tuple, dict):
-            cx, cy = _children(x), _children(y)
-            if len(cx) != len(cy):
-                return False
-            stack.extend(zip(cx, cy, strict=True))
-        elif type(x) is float:
-            if x != y and not (x != x and y != y):
-                return False
-        elif x != y:
-            return False
-    return True
+    """Equal values, NaN equal to itself, sets equal whatever order they iterate in."""
+    return _canonical(a) == _canonical(b)
+
+
+def _canonical(value: object) -> bytes:
+    # A set's items are sorted by their own canonical forms (nested sets included: comparing
+    # their plain encodings would depend on iteration order); every part is length-prefixed.
+    kind = type(value)
+    if kind in (set, frozenset, list, tuple, dict):
+        parts = [_canonical(item) for item in _children(value)]
+        if kind in (set, frozenset):
+            parts.sort()
+        tag = {set: b"S", frozenset: b"F", list: b"L", tuple: b"T", dict: b"D"}[kind]
+        return tag + b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    if kind is float and value != value:
+        return b"NaN"
+    return b"V" + _codec.encode(value)
 
 
 # --- handshake --------------------------------------------------------------------------------
