@@ -463,11 +463,15 @@ class ChannelConformance:
                     sent.append(value)
 
         async def receiver() -> None:
-            while True:
+            # Until both are closed and drained: one that is closed drops out of the select
+            # (Go's nil channel), or the values still buffered in the other would be left.
+            receiving = [arx, brx]
+            while receiving:
                 with anyio.move_on_after(rng.choice([0, 0.001, 0.005])):
-                    _, value, ok = await qchan.select(qchan.recv(arx), qchan.recv(brx))
+                    index, value, ok = await qchan.select(*map(qchan.recv, receiving))
                     if not ok:
-                        return
+                        del receiving[index]
+                        continue
                     received.append(value)
 
         with anyio.fail_after(BOUND):
