@@ -235,6 +235,7 @@ class ChannelState:
         "in_flight_buffered",
         "on_close",
         "receivers",
+        "reclaim",
         "reserved",
         "senders",
     )
@@ -256,6 +257,8 @@ class ChannelState:
         self._returned: list[int] | None = None  # orders of values put back at the front
         self.export_id: int | None = None  # set by the node that exports this channel
         self.on_close: Callable[[ChannelState], None] | None = None  # tells remote holders
+        # takes back the slots promised to remote senders (credits) that they are not using
+        self.reclaim: Callable[[ChannelState], None] | None = None
 
     @property
     def capacity(self) -> float:
@@ -294,7 +297,7 @@ class ChannelState:
             receivers.popleft()
             if receiver.offer(value):
                 return True
-        if self.free_slots() > 0:
+        if self.free_slots() > 0 or self._room_reclaimed():
             self._buffer().append(value)
             if receivers:
                 self.match()
@@ -350,7 +353,7 @@ class ChannelState:
             sender.fail(_closed_error())
             return
         self._senders().append(sender)
-        if self.receivers or self.free_slots() > 0:
+        if self.receivers or self.free_slots() > 0 or self._room_reclaimed():
             self.match()
 
     def add_receiver(self, receiver: ReceiverWaiting) -> None:
@@ -531,6 +534,16 @@ class ChannelState:
                 break
             buffer.append(sender.value)
             sender.complete()
+
+    def _room_reclaimed(self) -> bool:
+        # No free slot, but the buffer is not full: slots are promised to remote senders that
+        # are not using them. A sender must not wait on a channel that is not full (they may
+        # never be used), so the promises are taken back; what is sent under them is buffered
+        # all the same (put_unreserved).
+        full = len(self.buffer) + self.in_flight_buffered >= self._capacity
+        if self.reserved and self.reclaim is not None and not full:
+            self.reclaim(self)
+        return self.free_slots() > 0
 
     def _slot_freed(self) -> None:
         if self.senders:

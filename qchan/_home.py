@@ -223,6 +223,7 @@ class Exports:
         "_ids",
         "_minter",
         "_on_close",
+        "_reclaim",
         "_strong",
         "_weak",
         "address",
@@ -237,9 +238,11 @@ class Exports:
         incarnation: bytes,
         address: str,
         on_close: Callable[[ChannelState], None],
+        reclaim: Callable[[ChannelState], None],
     ) -> None:
         self._minter = minter
         self._on_close = on_close  # an exported channel was closed: its holders hear of it
+        self._reclaim = reclaim  # its promised slots are wanted (ChannelState.reclaim)
         self.home = home
         self.incarnation = incarnation
         self.address = address
@@ -259,6 +262,7 @@ class Exports:
             chan = state.export_id = next(self._ids)
             self._weak[chan] = state
             state.on_close = self._on_close
+            state.reclaim = self._reclaim
         self._strong[chan] = state
         self._holders.setdefault(chan, set()).add(holder)
         send, receive = self._minter.tokens(chan, rights)

@@ -165,7 +165,12 @@ class Node:
         self._max_value_size = max_value_size
         self._incarnation = os.urandom(16)
         self.exports = Exports(
-            TokenMinter(os.urandom(32)), self.key.public, self._incarnation, "", self._shut
+            TokenMinter(os.urandom(32)),
+            self.key.public,
+            self._incarnation,
+            "",
+            self._shut,
+            self._reclaim_credit,
         )
         self._registry: dict[str, _Handle] = {}
         self._peers: dict[bytes, Peer] = {}
@@ -457,6 +462,16 @@ class Node:
             for session in peer.sessions:
                 if chan in session.grants:
                     session.send([Kind.SHUT, chan])
+
+    def _reclaim_credit(self, state: ChannelState) -> None:
+        """A sender would wait on an exported channel that is not full: take back the slots
+        reserved for every peer's credit on it (their windows shrink to what they have sent;
+        what they send under the windows they were told is buffered all the same)."""
+        chan = state.export_id
+        for peer in self._peers.values():
+            account = peer.credit_accounts.get(chan) if chan is not None else None
+            if account is not None and account.state is state:
+                account.release()
 
     def peer_left(self, peer: Peer, error: QchanError) -> None:
         if self._running:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from qchan import Node
+from qchan import Node, WouldBlock
 from qchan._peer import Peer
 from qchan._session import Session
 from qchan.protocol import Kind, Rights
@@ -205,3 +205,22 @@ def test_a_credit_for_a_channel_no_longer_held_is_ignored() -> None:
     session.on_frames([[Kind.CREDIT, 9, 0, 4], [Kind.CREDIT, 9, 3, 8]])
     assert link.sent == []  # nothing handed back: its RELEASE did that
     assert not session.closed
+
+
+def test_a_sender_never_waits_on_a_channel_that_is_not_full_for_unused_credit() -> None:
+    # Found by the chaos harness: every free slot of a buffered channel promised to remote
+    # senders that had stopped sending, and a sender (here a local one; a plain SEND alike)
+    # waited for good on a channel holding one value. The promises are taken back; what is
+    # sent under them is buffered all the same, nothing lost.
+    home = Home(2, Rights.BOTH)
+    home.open()
+    assert home.send(1, "v0") == [[Kind.ACK, 1], [Kind.CREDIT, CHAN, 0, 1]]
+    assert [home.buffer(), home.state.reserved, home.state.free_slots()] == [["v0"], 1, 0]
+    home.channel.send_nowait("local")  # the buffer holds 1 of 2: a send must not block
+    assert [home.buffer(), home.state.reserved] == [["v0", "local"], 0]
+    assert home.account.window == home.account.last_seq == 0  # the window taken back
+    home.push(1)  # alpha's send under the window it was told still gets in
+    assert home.buffer() == ["v0", "local", "v1"]  # (over capacity by that one value)
+    with pytest.raises(WouldBlock):
+        home.channel.send_nowait("full")  # now full, truly
+    assert [home.channel.receive_nowait() for _ in range(3)] == ["v0", "local", "v1"]

@@ -156,6 +156,7 @@ def _exchange() -> _Exchange:
         RESPONDER_HELLO.incarnation,
         "10.0.0.2:7400",
         beta._shut,
+        beta._reclaim_credit,
     )
     jobs: Channel[str] = Channel(8)
     state = jobs._endpoint
