@@ -20,12 +20,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
-__all__ = ["ChildFailed", "Ctl", "Pair", "Role", "current_rss", "profiler_path"]
+__all__ = ["ChildFailed", "Ctl", "Pair", "Role", "current_rss", "profiler_path", "run_on_loop"]
 
 Message = tuple[str, dict[str, Any]]
 Role = Callable[["Ctl", dict[str, Any]], None]
@@ -75,6 +75,20 @@ class Ctl:
         import anyio.to_thread
 
         return await anyio.to_thread.run_sync(self.expect, kind, within)
+
+
+def run_on_loop(
+    p: dict[str, Any], fn: Callable[[Ctl, dict[str, Any]], Awaitable[None]], ctl: Ctl
+) -> None:
+    """Run a child's role ``fn(ctl, p)`` on the event loop ``p["loop"]`` names (asyncio,
+    uvloop or trio)."""
+    import anyio  # (only the children need it)
+
+    if p["loop"] == "trio":
+        anyio.run(fn, ctl, p, backend="trio")
+    else:
+        options = {"use_uvloop": p["loop"] == "uvloop"}
+        anyio.run(fn, ctl, p, backend="asyncio", backend_options=options)
 
 
 def current_rss() -> int:

@@ -30,12 +30,12 @@ import gc
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-from _procs import ChildFailed, Ctl, Pair, current_rss
+from _procs import ChildFailed, Ctl, Pair, current_rss, run_on_loop
 
 import qchan
 
@@ -44,14 +44,6 @@ from tests.load._helpers import fd_count, tables, task_count
 
 Params = dict[str, Any]
 Clock = time.perf_counter
-
-
-def _run(p: Params, fn: Callable[[Ctl, Params], Awaitable[None]], ctl: Ctl) -> None:
-    if p["loop"] == "trio":
-        anyio.run(fn, ctl, p, backend="trio")
-    else:
-        options = {"use_uvloop": p["loop"] == "uvloop"}
-        anyio.run(fn, ctl, p, backend="asyncio", backend_options=options)
 
 
 def _node(p: Params, name: str, peers: list[str] | None = None) -> qchan.Node:
@@ -90,7 +82,7 @@ async def _tables_back(node: qchan.Node, baseline: dict[str, int], within: float
 
 
 def senders_home(ctl: Ctl, p: Params) -> None:
-    _run(p, _senders_home, ctl)
+    run_on_loop(p, _senders_home, ctl)
 
 
 async def _senders_home(ctl: Ctl, p: Params) -> None:
@@ -116,7 +108,7 @@ async def _senders_home(ctl: Ctl, p: Params) -> None:
 
 
 def senders_client(ctl: Ctl, p: Params) -> None:
-    _run(p, _senders_client, ctl)
+    run_on_loop(p, _senders_client, ctl)
 
 
 async def _senders_client(ctl: Ctl, p: Params) -> None:
@@ -174,7 +166,7 @@ def _leftovers(who: str, before: dict[str, Any], after: dict[str, Any], back: bo
 
 
 def hosted_home(ctl: Ctl, p: Params) -> None:
-    _run(p, _hosted_home, ctl)
+    run_on_loop(p, _hosted_home, ctl)
 
 
 async def _hosted_home(ctl: Ctl, p: Params) -> None:
@@ -206,7 +198,7 @@ async def _hosted_home(ctl: Ctl, p: Params) -> None:
 
 
 def hosted_holder(ctl: Ctl, p: Params) -> None:
-    _run(p, _hosted_holder, ctl)
+    run_on_loop(p, _hosted_holder, ctl)
 
 
 async def _hosted_holder(ctl: Ctl, p: Params) -> None:
@@ -266,7 +258,7 @@ def _hosted(args: argparse.Namespace, p: Params) -> list[str]:
 
 
 def mesh_node(ctl: Ctl, p: Params) -> None:
-    _run(p, _mesh_node, ctl)
+    run_on_loop(p, _mesh_node, ctl)
 
 
 async def _mesh_node(ctl: Ctl, p: Params) -> None:
@@ -348,7 +340,7 @@ def _mesh(args: argparse.Namespace, p: Params) -> list[str]:
 
 
 def churn_server(ctl: Ctl, p: Params) -> None:
-    _run(p, _churn_server, ctl)
+    run_on_loop(p, _churn_server, ctl)
 
 
 async def _churn_server(ctl: Ctl, p: Params) -> None:
@@ -366,7 +358,7 @@ async def _churn_server(ctl: Ctl, p: Params) -> None:
 
 
 def churn_client(ctl: Ctl, p: Params) -> None:
-    _run(p, _churn_client, ctl)
+    run_on_loop(p, _churn_client, ctl)
 
 
 async def _churn_client(ctl: Ctl, p: Params) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import _peers
 import anyio
 import sniffio
-from _procs import ChildFailed, Ctl, Pair, Role, current_rss
+from _procs import ChildFailed, Ctl, Pair, Role, current_rss, run_on_loop
 
 import qchan
 
@@ -46,14 +46,6 @@ Params = dict[str, Any]
 Clock = time.perf_counter
 
 # --- the qchan side: roles run in child processes --------------------------------------------
-
-
-def _run(p: Params, fn: Callable[[Ctl, Params], Awaitable[None]], ctl: Ctl) -> None:
-    if p["loop"] == "trio":
-        anyio.run(fn, ctl, p, backend="trio")
-    else:
-        options = {"use_uvloop": p["loop"] == "uvloop"}
-        anyio.run(fn, ctl, p, backend="asyncio", backend_options=options)
 
 
 def _node(p: Params, name: str, peers: tuple[str, ...] = ()) -> qchan.Node:
@@ -72,7 +64,7 @@ def _node(p: Params, name: str, peers: tuple[str, ...] = ()) -> qchan.Node:
 
 def q_home(ctl: Ctl, p: Params) -> None:
     """Node A: hosts the channel ``bench`` with receiver tasks that take values and do nothing."""
-    _run(p, _home, ctl)
+    run_on_loop(p, _home, ctl)
 
 
 async def _home(ctl: Ctl, p: Params) -> None:
@@ -137,7 +129,7 @@ async def _stream_receiver(ctl: Ctl, channel: qchan.Channel[Any], p: Params) -> 
 
 def q_remote(ctl: Ctl, p: Params) -> None:
     """Node B: looks up A's ``bench`` and runs one of the client loops below on it."""
-    _run(p, _remote, ctl)
+    run_on_loop(p, _remote, ctl)
 
 
 async def _remote(ctl: Ctl, p: Params) -> None:
@@ -282,7 +274,7 @@ def _start_tracing(p: Params) -> None:
 def q_mem_channels_home(ctl: Ctl, p: Params) -> None:
     """Node A: makes N channels, registers a name for each, sends them all to B."""
     _start_tracing(p)
-    _run(p, _mem_channels_home, ctl)
+    run_on_loop(p, _mem_channels_home, ctl)
 
 
 async def _mem_channels_home(ctl: Ctl, p: Params) -> None:
@@ -311,7 +303,7 @@ async def _mem_channels_home(ctl: Ctl, p: Params) -> None:
 def q_mem_channels_remote(ctl: Ctl, p: Params) -> None:
     """Node B: receives A's channels and keeps the handles."""
     _start_tracing(p)
-    _run(p, _mem_channels_remote, ctl)
+    run_on_loop(p, _mem_channels_remote, ctl)
 
 
 async def _mem_channels_remote(ctl: Ctl, p: Params) -> None:
@@ -332,7 +324,7 @@ async def _mem_channels_remote(ctl: Ctl, p: Params) -> None:
 def q_mem_blocked_home(ctl: Ctl, p: Params) -> None:
     """Node A: hosts ``sink`` (capacity 0, no receiver) and measures while B's sends wait."""
     _start_tracing(p)
-    _run(p, _mem_blocked_home, ctl)
+    run_on_loop(p, _mem_blocked_home, ctl)
 
 
 async def _mem_blocked_home(ctl: Ctl, p: Params) -> None:
@@ -365,7 +357,7 @@ async def _mem_blocked_home(ctl: Ctl, p: Params) -> None:
 def q_mem_blocked_remote(ctl: Ctl, p: Params) -> None:
     """Node B: N tasks blocked in ``send`` on a local channel, then N more on A's ``sink``."""
     _start_tracing(p)
-    _run(p, _mem_blocked_remote, ctl)
+    run_on_loop(p, _mem_blocked_remote, ctl)
 
 
 class Spawner:
