@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 import qchan
 from tests.chaos.proxy import Proxy
@@ -30,6 +31,31 @@ async def _until(condition: Callable[[], bool]) -> None:
     with anyio.fail_after(5):
         while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.005)
+
+
+async def _lose_a_delivery(
+    channel: qchan.Channel[str], remote: qchan.Channel[str], proxy: Proxy, tg: TaskGroup
+) -> object:
+    """A remote receive of ``channel`` waits at the home; the link through ``proxy`` stops
+    carrying bytes, ``"v"`` is sent (buffered: its DELIVER goes out and sits in the stalled
+    proxy), then the link is reset with the DELIVER outstanding. Returns what the remote
+    receive got (the proxy still stalls new connections)."""
+    outcome: list[object] = []
+
+    async def receive() -> None:
+        try:
+            outcome.append(await remote.receive())
+        except qchan.PeerLost as exc:
+            outcome.append(exc)
+
+    tg.start_soon(receive)
+    await _until(lambda: channel.statistics().waiting_receivers == 1)
+    proxy.stall()
+    await channel.send("v")  # buffered: returns at once; DELIVER goes out...
+    await anyio.sleep(0.2)  # ... and sits in the stalled proxy
+    proxy.reset()  # the link is lost with the DELIVER outstanding
+    await _until(lambda: bool(outcome))
+    return outcome[0]
 
 
 async def test_buffered_value_survives_losing_the_link_to_a_remote_receiver() -> None:
@@ -45,24 +71,9 @@ async def test_buffered_value_survives_losing_the_link_to_a_remote_receiver() ->
                 cluster_key=cluster_key, name="far", peers=proxy.addresses
             ) as far:
                 remote = await far.lookup("buf@home", timeout=5)
-                outcome: list[object] = []
-
-                async def receive() -> None:
-                    try:
-                        outcome.append(await remote.receive())
-                    except qchan.PeerLost as exc:
-                        outcome.append(exc)
-
-                tg.start_soon(receive)
-                # The remote receive waits at the home; the link then stops carrying bytes.
-                await _until(lambda: channel.statistics().waiting_receivers == 1)
-                proxy.stall()
-                await channel.send("v")  # buffered: returns at once; DELIVER goes out...
-                await anyio.sleep(0.2)  # ... and sits in the stalled proxy
-                proxy.reset()  # the link is lost with the DELIVER outstanding
-                await _until(lambda: bool(outcome))
+                outcome = await _lose_a_delivery(channel, remote, proxy, tg)
                 proxy.resume()
-                assert isinstance(outcome[0], qchan.PeerLost)  # "no value was taken"
+                assert isinstance(outcome, qchan.PeerLost)  # "no value was taken"
                 # The send returned and the home is alive: the value must still be there.
                 with anyio.fail_after(2):
                     assert await channel.receive() == "v"
@@ -119,22 +130,8 @@ async def test_limit_a_value_on_its_way_to_a_receiver_away_too_long_counts_as_ta
                 peer_timeout=0.3,
             ) as far:
                 remote = await far.lookup("buf@home", timeout=5)
-                outcome: list[object] = []
-
-                async def receive() -> None:
-                    try:
-                        outcome.append(await remote.receive())
-                    except qchan.PeerLost as exc:
-                        outcome.append(exc)
-
-                tg.start_soon(receive)
-                await _until(lambda: channel.statistics().waiting_receivers == 1)
-                proxy.stall()
-                await channel.send("v")  # buffered: DELIVER goes out, sits in the proxy
-                await anyio.sleep(0.2)
-                proxy.reset()  # the link is lost with the DELIVER outstanding
-                await _until(lambda: bool(outcome))
-                assert isinstance(outcome[0], qchan.PeerLost)  # "no value was taken"
+                outcome = await _lose_a_delivery(channel, remote, proxy, tg)
+                assert isinstance(outcome, qchan.PeerLost)  # "no value was taken"
                 await anyio.sleep(1.5)  # far stays away (the proxy stalls new links): "gone"
                 proxy.resume()
                 await _until(lambda: any(p.connected for p in far.peers()))
