@@ -180,15 +180,34 @@ class CreditAccount:
     ``window``; slots for ``last_seq + 1 .. window`` are reserved in ``state``.
     """
 
-    __slots__ = ("last_seq", "state", "told_acked", "told_most", "told_window", "window")
+    __slots__ = (
+        "last_seq",
+        "state",
+        "told_acked",
+        "told_link",
+        "told_most",
+        "told_window",
+        "window",
+    )
 
     def __init__(self, state: ChannelState | None) -> None:
         self.state = state
         self.last_seq = 0  # the highest credited send received (sequence numbers start at 1)
         self.window = 0  # the highest sequence number granted
-        self.told_acked = -1  # what the peer was last told, on the current link
+        # What the peer was last told, and on which link: a CREDIT on a link that has ended
+        # (even one the peer gave up on before we noticed) may never have arrived.
+        self.told_acked = -1
         self.told_window = -1
+        self.told_link = b""
         self.told_most = 0  # the widest window ever told: no credited send may go beyond
+
+    def told(self, link_id: bytes) -> bool:
+        """Whether the peer knows, from a CREDIT on ``link_id``, what it may send."""
+        return (
+            self.told_link == link_id
+            and self.told_window == self.window
+            and (self.outstanding > 0 or self.told_acked == self.last_seq)
+        )
 
     @property
     def outstanding(self) -> int:

@@ -212,16 +212,28 @@ class Peer:
         self.sessions.append(session)
         self.left_at = None
         current = self.session
-        if current is None:
-            self.session = session
-        elif _dialled_by_smaller_key(session, self) < _dialled_by_smaller_key(current, self):
-            current.retired = True  # both sides agree: the new link carries new work
-            self.session = session
-        else:
-            session.retired = True
+        if current is not None and _dialled_by_smaller_key(
+            session, self
+        ) >= _dialled_by_smaller_key(current, self):
+            session.retired = True  # a duplicate: kept until idle, or until the other ends
             return
-        for account in self.credit_accounts.values():
-            account.told_window = account.told_acked = -1  # tell it all again on this link
+        if current is not None:
+            current.retired = True
+        self._carry_work(session)
+
+    def _carry_work(self, session: Session) -> None:
+        """From now on ``session`` carries our operations to the peer (the link is new, or
+        the one that carried them ended): what may have been lost with an earlier link goes
+        out again on it.
+
+        Both ends pick the same link when both see both; but one end may hold on to a link
+        the other has given up on already, and take the new one as a duplicate until it
+        notices. Either end's operations go on its own choice and are answered on the link
+        they came on, so that costs nothing, as long as what is said again here is said
+        again whenever the link that carries work changes, not only when a link comes up.
+        """
+        self.session = session
+        session.retired = False
         for chan in self.pending_releases:
             if chan not in self.endpoints:  # (else held again: its record there is in use)
                 session.release(chan)
@@ -242,9 +254,10 @@ class Peer:
         if session in self.sessions:
             self.sessions.remove(session)
         if self.session is session:
-            self.session = next((s for s in self.sessions if not s.closed), None)
-            if self.session is not None:
-                self.session.retired = False
+            self.session = None
+            successor = next((s for s in self.sessions if not s.closed), None)
+            if successor is not None:
+                self._carry_work(successor)
         if self.session is None:
             self.left_at = self.node.now()
             lost = PeerLost(f"lost the connection to {self.label}: {error}")

@@ -264,8 +264,10 @@ class Session:
 
         A peer that has used its whole window always gets an answer, even without new credit
         (its next sends wait for it, then go as plain sends). Otherwise confirmations ride
-        along with top-ups: about one CREDIT frame per half a target's worth of sends. After
-        a reconnect everything is told again (the last CREDIT may have been lost).
+        along with top-ups: about one CREDIT frame per half a target's worth of sends. On any
+        other link than the last CREDIT went on, everything is told again (that one may have
+        been lost: the peer resends its unconfirmed sends on its new link, and is answered
+        there, even while we still hold the old one).
         """
         grant = self.grants.get(chan)
         state = grant[0] if grant is not None and grant[1] & Rights.SEND else None
@@ -279,10 +281,10 @@ class Session:
                 # (from last_seq: sends past a released window used no reserved slot)
                 account.window = max(account.window, account.last_seq)
                 account.window += state.reserve(target - outstanding)
-        if account.window != account.told_window or (
-            not account.outstanding and account.told_acked != account.last_seq
-        ):
+        link_id = self.link.link_id
+        if not account.told(link_id):
             account.told_window, account.told_acked = account.window, account.last_seq
+            account.told_link = link_id
             account.told_most = max(account.told_most, account.window)
             self.send([Kind.CREDIT, chan, account.last_seq, account.window])
 

@@ -31,6 +31,7 @@ cut last line. Records (``t`` = ``time.monotonic()``, the same clock in every pr
                              lost (instrumentation of ChannelState.delivery_lost; see checker)
     Q t                      quiesce: no new sends from now on
     D t stuck [task ...]     drained: every task finished (stuck 0) or the deadline passed
+    T t text                 the node's state at that moment, for diagnosis (see dump_state)
     E t                      the node closed cleanly
 
 SIGUSR1 quiesces (senders stop; receivers go on until nothing came for ``drain_idle``
@@ -396,9 +397,57 @@ class Driver:
             await anyio.sleep(0.05)
         if self.running:
             self.log.write("D", len(self.running), *sorted(self.running))
+            self.dump_state()
             work.cancel()
         else:
             self.log.write("D", 0)
+            self.dump_state()
+
+    def dump_state(self) -> None:
+        """Write what each channel, credit account and remote endpoint holds (T records):
+        a task stuck after the drain is diagnosed from these, on its node and on the home."""
+        for name, channel in self.local.items():
+            state = channel._endpoint
+            assert isinstance(state, ChannelState)
+            self.log.write(
+                "T",
+                f"chan {name} buffer={len(state.buffer)} reserved={state.reserved}",
+                f"in_flight={state.in_flight}/{state.in_flight_buffered}",
+                f"senders={[type(s).__name__ for s in state.senders]}",
+                f"receivers={[type(r).__name__ for r in state.receivers]}",
+                f"export={state.export_id}",
+            )
+        node = self.node
+        if node is None:
+            return
+        for peer in node._peers.values():
+            sessions = [
+                f"{s.link.link_id.hex()}:closed={s.closed},retired={s.retired},"
+                f"ops={ {i: (c.status, c.endpoint.ref.chan) for i, c in s.ops.items()} },"
+                f"home_ops={ {i: type(w).__name__ for i, w in s.home_ops.items()} }"
+                for s in peer.sessions
+            ]
+            self.log.write(
+                "T",
+                f"peer {peer.label} connected={peer.connected} parked={len(peer.parked)}",
+                f"sessions={sessions}",
+                f"unsettled={ {k.hex(): sorted(v) for k, v in peer.unsettled_deliveries.items()} }",
+            )
+            for chan, account in peer.credit_accounts.items():
+                self.log.write(
+                    "T",
+                    f"  account chan={chan} last_seq={account.last_seq}",
+                    f"window={account.window} told={account.told_acked}/{account.told_window}",
+                    f"most={account.told_most} state={account.state is not None}",
+                )
+            for chan, endpoint in peer.endpoints.items():
+                self.log.write(
+                    "T",
+                    f"  endpoint chan={chan} next_seq={endpoint.next_seq}",
+                    f"window={endpoint.window} unacked={[seq for seq, _ in endpoint.unacked]}",
+                    f"credit_waiters={len(endpoint.credit_waiters)}",
+                    f"streaming={endpoint in peer.streaming}",
+                )
 
     async def run(self) -> None:
         config = self.config

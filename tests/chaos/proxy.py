@@ -30,6 +30,10 @@ class _Connection:
         self.client = client
         self.upstream = upstream
         self.scope = anyio.CancelScope()
+        # Per direction (towards the upstream, towards the client): set while bytes flow.
+        self.flowing = {True: anyio.Event(), False: anyio.Event()}
+        for event in self.flowing.values():
+            event.set()
 
     def reset(self) -> None:
         for stream in (self.client, self.upstream):
@@ -45,7 +49,8 @@ class Proxy:
     """Routes ``(listen_host, listen_port, target_host, target_port)``; port 0: any free one.
 
     Used in-process too (tests): ``async with anyio.create_task_group() as tg:
-    await proxy.start(tg)``, then :meth:`stall`, :meth:`resume`, :meth:`reset`, ``delay``.
+    await proxy.start(tg)``, then :meth:`stall`, :meth:`resume`, :meth:`reset`, ``delay``,
+    and :meth:`freeze` (the connections open now only, one direction or both).
     """
 
     def __init__(self, routes: list[tuple[str, int, str, int]]) -> None:
@@ -80,6 +85,15 @@ class Proxy:
     def resume(self) -> None:
         self.running.set()
 
+    def freeze(self, *, upstream: bool = True, downstream: bool = True) -> None:
+        """Stop forwarding on the connections open now, towards the upstream and/or towards
+        the client, for good (their ends stay open: an EOF is not passed on either); new
+        connections are not affected."""
+        for connection in self.connections:
+            for towards_upstream, frozen in ((True, upstream), (False, downstream)):
+                if frozen:
+                    connection.flowing[towards_upstream] = anyio.Event()
+
     def reset(self) -> None:
         for connection in list(self.connections):
             connection.reset()
@@ -107,24 +121,26 @@ class Proxy:
                 try:
                     with connection.scope:
                         async with anyio.create_task_group() as tg:
-                            tg.start_soon(self._pump, client, upstream, tg.cancel_scope)
-                            tg.start_soon(self._pump, upstream, client, tg.cancel_scope)
+                            tg.start_soon(self._pump, connection, True, tg.cancel_scope)
+                            tg.start_soon(self._pump, connection, False, tg.cancel_scope)
                 finally:
                     self.connections.discard(connection)
 
     async def _pump(
-        self,
-        source: anyio.abc.SocketStream,
-        sink: anyio.abc.SocketStream,
-        both: anyio.CancelScope,
+        self, connection: _Connection, towards_upstream: bool, both: anyio.CancelScope
     ) -> None:
+        source, sink = connection.client, connection.upstream
+        if not towards_upstream:
+            source, sink = sink, source
         try:
             async for chunk in source:
                 await self.running.wait()
                 if self.delay:
                     await anyio.sleep(self.delay)
                 await self.running.wait()
+                await connection.flowing[towards_upstream].wait()
                 await sink.send(chunk)
+            await connection.flowing[towards_upstream].wait()
             await sink.send_eof()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             both.cancel()  # one side failed: close both (a half-open relay helps nobody)

@@ -140,3 +140,86 @@ async def test_limit_a_value_on_its_way_to_a_receiver_away_too_long_counts_as_ta
                 with anyio.move_on_after(1):
                     pytest.fail(f"{await channel.receive()!r} came back: update guide.md")
             tg.cancel_scope.cancel()
+
+
+# --- the link that carries work, when the two ends disagree for a while ----------------------
+#
+# Found by the CI chaos run (a sender stuck for good after the faults stopped): one end gives
+# up on a silent link and dials again while the other still holds the old link, so the
+# other takes the new link as a duplicate until it, too, notices the old one is dead.
+
+
+async def _sends_within(remote: qchan.Channel[str], values: list[str], seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        for value in values:
+            await remote.send(value)
+
+
+async def test_a_credit_lost_with_a_link_the_home_still_holds_is_told_again() -> None:
+    cluster_key = qchan.ClusterKey.generate()
+    channel: qchan.Channel[str] = qchan.Channel(4)  # credit target 2
+    async with qchan.Node(
+        cluster_key=cluster_key, name="home", heartbeat_interval=0.1, peer_timeout=1.5
+    ) as home:
+        home.register("buf", channel)
+        host, _, port = home.address.rpartition(":")
+        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
+        async with anyio.create_task_group() as tg:
+            await proxy.start(tg)
+            async with qchan.Node(
+                cluster_key=cluster_key,
+                name="far",
+                peers=proxy.addresses,
+                heartbeat_interval=0.05,
+                peer_timeout=0.3,
+            ) as far:
+                remote = await far.lookup("buf@home", timeout=5)
+                await remote.send("v0")  # plain; the home answers with a window of 2
+                await anyio.sleep(0.2)
+                proxy.freeze(upstream=False)  # the home's answers stop reaching far ...
+                await _sends_within(remote, ["v1"], 1)  # credited: the home has v1 ...
+                await _until(lambda: len(channel) == 2)
+                proxy.freeze()  # ... and its CREDIT is lost with a link only far gives up on
+                await _until(lambda: len(proxy.connections) == 2)  # far dialled again
+                await _until(lambda: all(p.connected for p in far.peers()))
+                # far resends v1 on the new link (a duplicate there), then uses up its window:
+                # it needs the CREDIT told again on the new link, while the home still holds
+                # the old one and takes the new one as a duplicate.
+                await _sends_within(remote, ["v2", "v3"], 3)
+                with anyio.fail_after(2):
+                    assert [await channel.receive() for _ in range(4)] == ["v0", "v1", "v2", "v3"]
+            tg.cancel_scope.cancel()
+
+
+async def test_credited_sends_go_again_when_a_duplicate_link_takes_over() -> None:
+    cluster_key = qchan.ClusterKey.generate()
+    channel: qchan.Channel[str] = qchan.Channel(4)  # credit target 2
+    async with qchan.Node(
+        cluster_key=cluster_key, name="near", heartbeat_interval=0.1, peer_timeout=1.5
+    ) as near:
+        host, _, port = near.address.rpartition(":")
+        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
+        async with anyio.create_task_group() as tg:
+            await proxy.start(tg)
+            # The home dials the sending node, and gives up on a silent link sooner.
+            async with qchan.Node(
+                cluster_key=cluster_key,
+                name="home",
+                peers=proxy.addresses,
+                heartbeat_interval=0.05,
+                peer_timeout=0.3,
+            ) as home:
+                home.register("buf", channel)
+                remote = await near.lookup("buf@home", timeout=5)
+                await remote.send("v0")  # plain; the home answers with a window of 2
+                await anyio.sleep(0.2)
+                proxy.freeze()
+                # Credited, on a link the home gives up on (and dials again) before near does:
+                await _sends_within(remote, ["v1", "v2"], 1)
+                await _until(lambda: len(proxy.connections) == 2)
+                await anyio.sleep(2)  # near gives up on the old link: the new one takes over
+                # v1 and v2 must go again on it, or v3 waits for good for their CREDIT.
+                await _sends_within(remote, ["v3"], 3)
+                with anyio.fail_after(2):
+                    assert [await channel.receive() for _ in range(4)] == ["v0", "v1", "v2", "v3"]
+            tg.cancel_scope.cancel()

@@ -364,9 +364,12 @@ def test_a_link_that_ends_while_another_is_up_is_settled_on_that_one_at_once() -
     session.on_frames([[Kind.DELIVER, recv[1], packed("a")]])
     assert link.sent == [[Kind.TAKEN, recv[1]]]
     assert receive.value == "a"
-    # the working link ends: it is settled on the other one at once
+    # the working link ends: the other one carries work from now on (so it opens the
+    # channel there), and the ended one is settled on it at once
     lose(session)
-    assert links[other][1].sent == [settle(working, recv[1])]
+    sent = links[other][1].sent
+    assert [frame[0] for frame in sent] == [Kind.OPEN, Kind.SETTLE]
+    assert sent[-1] == settle(working, recv[1])
     # and that one ending too: both are said on the next link
     lose(links[other][0])
     alpha.connect()
