@@ -325,7 +325,10 @@ class Session:
         if seq <= account.last_seq:
             return  # sent again after a reconnect, and we have it already
         if seq > account.told_most:
-            raise ProtocolError(f"credited send {seq} on channel {chan} beyond any credit given")
+            raise ProtocolError(
+                f"credited send {seq} on channel {chan} beyond any credit given"
+                f" (the widest window told was {account.told_most})"
+            )
         if seq != account.last_seq + 1:
             # (the slots of the seqs skipped would stay reserved for good)
             raise ProtocolError(f"credited send {seq} on channel {chan} after {account.last_seq}")
@@ -415,6 +418,10 @@ class Session:
     def _on_release(self, frame: Frame) -> None:
         chan = frame[1]
         self.grants.pop(chan, None)
+        if any(chan in session.grants for session in self.peer.sessions if session is not self):
+            # Opened again on another link (a new handle, which may be using this credit
+            # record already) before this RELEASE, from a link the peer has left, was read.
+            return
         self.node.exports.release(chan, self.peer.key)
         account = self.peer.credit_accounts.pop(chan, None)
         if account is not None:

@@ -450,8 +450,11 @@ class Node:
         elif dialled and not peer.address:
             peer.address = dialled  # it did not say where it listens: where we reached it
         session = Session(self, peer, link)
-        link.start(session.on_frames, session.on_closed)
+        # Attached before it starts: the frames that came with the handshake (and the link's
+        # end, if it has ended already) are handled by a session its peer knows of, so an
+        # early end detaches it, rather than leaving a closed link to carry the peer's work.
         peer.attach(session)
+        link.start(session.on_frames, session.on_closed)
         if first:
             log.info("peer %s joined (%s)", peer.label, peer.address or "inbound")
 

@@ -88,3 +88,26 @@ def test_a_release_lost_with_its_link_is_not_said_again_for_a_channel_held_again
     sent = alpha.sent()
     assert [Kind.RELEASE, CHAN] not in sent  # it would clear the new handle's record
     assert [frame[0] for frame in sent] == [Kind.SETTLE, Kind.OPEN]
+
+
+def test_a_release_read_late_from_a_link_the_peer_left_spares_a_record_in_use() -> None:
+    # Found by the chaos harness: the requester's RELEASE went on a link it then gave up on;
+    # its new handle opened the channel on a new link and numbered its credited sends on from
+    # the home's record; the home read the RELEASE from the old link only after that, dropped
+    # the record, and took the new handle's next credited send for one beyond any credit.
+    home = Home(8, Rights.BOTH)
+    home.open()
+    assert home.send(1, "a") == [[Kind.ACK, 1], [Kind.CREDIT, CHAN, 0, 4]]
+    home.push(1, 2)
+    old = home.session
+    home.connect()  # the requester's new link (the home still holds the old one)
+    home.open()  # its new handle
+    assert home.send(2, "b") == [[Kind.ACK, 2], [Kind.CREDIT, CHAN, 2, 6]]  # goes on from 2
+    old.on_frames([[Kind.RELEASE, CHAN]])  # the old handle's, read only now
+    home.push(3)  # (a protocol error, had the record gone: nothing beyond 0 was told)
+    assert home.buffer() == ["a", "v1", "v2", "b", "v3"]
+    home.check_reserved()
+    # Once the new handle lets the channel go too, the record and its slots go.
+    home.says([Kind.RELEASE, CHAN])
+    assert CHAN not in home.alpha.credit_accounts
+    assert home.state.reserved == 0
