@@ -13,8 +13,10 @@ For every value whose send started (``S``), with ``n`` the number of receipts (`
 - outcome ``R`` (returned): ``n = 1``, unless it is explained (each counted on its own):
 
   - ``lost with its home``: a buffered channel whose home was SIGKILLed after the send
-    started, or so shortly before (1.5 s: ``peer_timeout`` and some) that the sending node
-    had not yet noticed (its buffer, and the credited sends on their way to it, die with it),
+    started, or so shortly before that the sending node had not yet noticed (its buffer, and
+    the credited sends on their way to it, die with it): within 1.5 s (``peer_timeout`` and
+    some) of the sending node *running* (time it spent frozen by SIGSTOP does not count: a
+    frozen node notices nothing, and may send under credit the moment it thaws),
     and before a value sent later by the same sending task on that channel was received
     (+ 5 s): values of one sender leave the buffer in order, so by then this one had left it,
     or was on its way to a receiver whose link then died: parked in the home until that
@@ -226,6 +228,26 @@ def _before(t: float) -> tuple[float, float]:
     return t - AWAY_WINDOW, t
 
 
+def _unnoticed_since(
+    faults: list[tuple[str, frozenset[str], float, float]], node: str, t: float
+) -> float:
+    """The time from which ``node`` had run for less than HOME_UNNOTICED seconds by ``t``
+    (periods it was frozen by SIGSTOP do not count)."""
+    frozen = sorted(
+        (start, end)
+        for kind, targets, start, end in faults
+        if kind == "stop" and node in targets and start < t
+    )
+    budget, cursor = HOME_UNNOTICED, t
+    for start, end in reversed(frozen):
+        running = cursor - min(end, cursor)
+        if running >= budget:
+            break
+        budget -= running
+        cursor = min(start, cursor)
+    return cursor - budget
+
+
 def _killed_between(kills: dict[str, list[float]], node: str, start: float, end: float) -> bool:
     times = kills.get(node, [])
     i = bisect.bisect_left(times, start)
@@ -319,7 +341,10 @@ def check(workdir: Path) -> Report:
                 report.violate(f"{label} send was received", f"{where}, received by {got}")
         elif outcome == "R" and n == 0:
             if send.cap and _killed_between(
-                kills, send.home, send.t - HOME_UNNOTICED, later_received(vid) + HOME_GRACE
+                kills,
+                send.home,
+                _unnoticed_since(faults, send.node, send.t),
+                later_received(vid) + HOME_GRACE,
             ):
                 report.explained["lost with its home"] += 1
             elif (

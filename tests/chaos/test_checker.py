@@ -120,3 +120,26 @@ def test_a_value_counted_as_taken_needs_a_fault_that_cut_its_receiver_off(
     report = check(tmp_path)
     assert report.violations == 0, report.table()
     assert report.explained == {"on its way to a receiver away too long": 1}
+
+
+def test_a_home_killed_while_the_sender_was_frozen_went_unnoticed(tmp_path: Path) -> None:
+    # n1 is frozen 10.0-12.5 and sends under credit to n3 the moment it thaws; n3 was killed
+    # at 10.2 (2.3 s before the send, but n1 had run for only 0.2 s of them since).
+    _write(
+        tmp_path,
+        "n1.0.log",
+        [
+            "S 12.5 n1.0.a.1 c1 n3 1",
+            "O 12.5 n1.0.a.1 R",
+            "S 20.0 n1.0.b.2 c1 n3 1",  # n3 killed again at 17.0: 3 s before, n1 running
+            "O 20.0 n1.0.b.2 R",
+        ],
+    )
+    _write(
+        tmp_path,
+        "faults.log",
+        ["F 10.0 stop n1 2.5", "K 10.2 n3 0", "G 12.5 stop n1", "K 17.0 n3 1"],
+    )
+    report = check(tmp_path)
+    assert report.explained == {"lost with its home": 1}, report.table()
+    assert report.violation_kinds == {"returned but never received": 1}, report.table()
