@@ -123,8 +123,11 @@ class ProtocolLink(Link, asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         data = self._conn.data_to_send()
-        if data and self._transport is not None:
-            self._transport.write(data)
+        transport = self._transport
+        # (Closing: a write failed and connection_lost is on its way. Writing on would only
+        # make asyncio log "socket.send() raised exception." for each write.)
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
             self._last_flush = self._loop.time()
 
     def _flush_later(self) -> None:
