@@ -169,7 +169,7 @@ class Peer:
         if endpoint is None:
             endpoint = RemoteEndpoint(self, ref)
             self.endpoints[ref.chan] = endpoint
-            weakref.finalize(endpoint, _release, weakref.ref(self), ref.chan, ref.incarnation)
+            weakref.finalize(endpoint, _dropped, weakref.ref(self), ref.chan, ref.incarnation)
             if self.session is not None:
                 self.session.ensure_open(endpoint)  # register as a holder right away
         elif ref.rights & ~endpoint.ref.rights:
@@ -396,11 +396,10 @@ def _dialled_by_smaller_key(session: Session, peer: Peer) -> bytes:
     return peer.node.public_key if session.link.initiator else peer.key
 
 
-def _release(peer_ref: weakref.ref[Peer], chan: int, incarnation: bytes) -> None:
-    # A finalizer: runs when an endpoint is garbage-collected.
+def _dropped(peer_ref: weakref.ref[Peer], chan: int, incarnation: bytes) -> None:
+    # A finalizer: runs when an endpoint is garbage-collected, which may be in the middle of
+    # any code, even while a frame is being queued on a link. So it only takes note; the node
+    # tells the home at its next safe point (Node.release_dropped).
     peer = peer_ref()
     if peer is not None:
-        try:
-            peer.released(chan, incarnation)
-        except Exception:  # never let a finalizer raise (e.g. at interpreter exit)
-            log.debug("could not release channel %d at %s", chan, peer.label, exc_info=True)
+        peer.node.dropped.append((peer, chan, incarnation))

@@ -166,6 +166,8 @@ class Session:
 
     def on_frames(self, frames: list[Frame]) -> None:
         """Called by the link with every frame of one read, in order."""
+        if self.node.dropped:
+            self.node.release_dropped()
         handlers = _HANDLERS
         try:
             for frame in frames:

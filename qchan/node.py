@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import platform
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -174,6 +175,8 @@ class Node:
         )
         self._registry: dict[str, _Handle] = {}
         self._peers: dict[bytes, Peer] = {}
+        # Remote endpoints garbage-collected since the last release_dropped (see there).
+        self.dropped: deque[tuple[Peer, int, bytes]] = deque()
         self._sweep_peers_at = _SWEEP_PEERS_AT
         self._transport: Transport | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -607,12 +610,24 @@ class Node:
     def now(self) -> float:
         return anyio.current_time()
 
+    def release_dropped(self) -> None:
+        """Tell the homes of the channels whose last handle here was garbage-collected.
+
+        Called where nothing is half done: before the frames of each read are handled, and by
+        the housekeeping task.
+        """
+        dropped = self.dropped
+        while dropped:
+            peer, chan, incarnation = dropped.popleft()
+            peer.released(chan, incarnation)
+
     async def _housekeeping(self) -> None:
         # A peer away this long is gone for good: the buffer slots and channels it held here
         # are let go (a peer back sooner resumes where it was: credited sends are resent).
         forget_after = 2 * self._config.peer_timeout
         while True:
             await anyio.sleep(_HOUSEKEEPING_PERIOD)
+            self.release_dropped()
             now = anyio.current_time()
             for peer in list(self._peers.values()):
                 peer.close_idle_duplicates(now, 2 * self._config.heartbeat_interval)
