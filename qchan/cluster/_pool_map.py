@@ -18,12 +18,14 @@ iterator is garbage-collected after a ``break``.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Final, Generic, Protocol, TypeVar, final
 
 import anyio
+import sniffio
 
 from qchan.cluster._pool_errors import JobFailed
 
@@ -103,10 +105,22 @@ class _MapRun:
         self.done = anyio.Event()
 
 
-def _cancel_quietly(scope: anyio.CancelScope) -> None:
+def _soon() -> Callable[[Callable[[], object]], object]:
+    """How to run a callback at the running event loop's next turn, from its own thread."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon
+
+
+def _cancel_soon(soon: Callable[[Callable[[], object]], object], scope: anyio.CancelScope) -> None:
+    # A finalizer: the garbage collector may run it in the middle of any code. Cancelling on
+    # the spot would run the cancelled tasks' abort callbacks there (at once, on trio), and
+    # they may queue frames on a link that is in the middle of queuing one; so at the next turn.
     try:
-        scope.cancel()
-    except Exception:  # (a finalizer at interpreter exit, with the event loop gone)
+        soon(scope.cancel)
+    except Exception:  # (at interpreter exit, with the event loop gone)
         pass
 
 
@@ -200,7 +214,7 @@ class MapResults(Generic[T]):
         run = self._run
         if run is None:
             run = self._run = _MapRun(self._window)
-            weakref.finalize(self, _cancel_quietly, run.scope)
+            weakref.finalize(self, _cancel_soon, _soon(), run.scope)
             jobs, dispatcher = self._jobs, self._dispatcher
 
             async def feed() -> None:
