@@ -70,3 +70,41 @@ def test_public_modules_define_dunder_all() -> None:
         )
         if has_code:
             assert hasattr(module, "__all__"), f"{name} has no __all__"
+
+
+# The import name of each runtime dependency in pyproject.toml.
+_RUNTIME_IMPORTS = {
+    "anyio": "anyio",
+    "msgpack": "msgpack",
+    "zeroconf": "zeroconf",
+    "pynacl": "nacl",
+    "sniffio": "sniffio",
+    "ifaddr": "ifaddr",
+}
+
+
+def test_every_module_level_import_is_stdlib_or_a_declared_dependency() -> None:
+    # `pip install qchan` installs only [project] dependencies: a module-level import of
+    # anything else (once pulled in by anyio, say) breaks `import qchan` for users.
+    # (Backend modules such as trio are imported inside the functions that run on them.)
+    import tomllib
+
+    pyproject = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text())
+    declared = {
+        _RUNTIME_IMPORTS[req.split(">")[0].split("=")[0].split("[")[0].strip().lower()]
+        for req in pyproject["project"]["dependencies"]
+    }
+    undeclared: list[str] = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "qchan" or top in declared:
+                    continue
+                undeclared.append(f"{path.relative_to(PACKAGE_DIR.parent)}: {name}")
+    assert not undeclared, undeclared
