@@ -15,7 +15,9 @@ A library bug found by the harness gets a strict xfail here until it is fixed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -31,6 +33,25 @@ async def _until(condition: Callable[[], bool]) -> None:
     with anyio.fail_after(5):
         while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.005)
+
+
+@asynccontextmanager
+async def _through_a_proxy(
+    listening: dict[str, Any], dialling: dict[str, Any]
+) -> AsyncIterator[tuple[qchan.Node, qchan.Node, Proxy, TaskGroup]]:
+    """Two nodes of one cluster (Node keyword arguments), the second dialling the first
+    through a fault-injecting proxy; and a task group to run tasks in."""
+    cluster_key = qchan.ClusterKey.generate()
+    async with qchan.Node(cluster_key=cluster_key, **listening) as listener:
+        host, _, port = listener.address.rpartition(":")
+        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
+        async with anyio.create_task_group() as tg:
+            await proxy.start(tg)
+            async with qchan.Node(
+                cluster_key=cluster_key, peers=proxy.addresses, **dialling
+            ) as dialler:
+                yield listener, dialler, proxy, tg
+            tg.cancel_scope.cancel()
 
 
 async def _lose_a_delivery(
@@ -59,25 +80,16 @@ async def _lose_a_delivery(
 
 
 async def test_buffered_value_survives_losing_the_link_to_a_remote_receiver() -> None:
-    cluster_key = qchan.ClusterKey.generate()
     channel: qchan.Channel[str] = qchan.Channel(4)
-    async with qchan.Node(cluster_key=cluster_key, name="home") as home:
+    async with _through_a_proxy({"name": "home"}, {"name": "far"}) as (home, far, proxy, tg):
         home.register("buf", channel)
-        host, _, port = home.address.rpartition(":")
-        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
-        async with anyio.create_task_group() as tg:
-            await proxy.start(tg)
-            async with qchan.Node(
-                cluster_key=cluster_key, name="far", peers=proxy.addresses
-            ) as far:
-                remote = await far.lookup("buf@home", timeout=5)
-                outcome = await _lose_a_delivery(channel, remote, proxy, tg)
-                proxy.resume()
-                assert isinstance(outcome, qchan.PeerLost)  # "no value was taken"
-                # The send returned and the home is alive: the value must still be there.
-                with anyio.fail_after(2):
-                    assert await channel.receive() == "v"
-            tg.cancel_scope.cancel()
+        remote = await far.lookup("buf@home", timeout=5)
+        outcome = await _lose_a_delivery(channel, remote, proxy, tg)
+        proxy.resume()
+        assert isinstance(outcome, qchan.PeerLost)  # "no value was taken"
+        # The send returned and the home is alive: the value must still be there.
+        with anyio.fail_after(2):
+            assert await channel.receive() == "v"
 
 
 async def test_limit_a_returned_credited_send_dies_with_its_sender() -> None:
@@ -111,35 +123,26 @@ async def test_limit_a_returned_credited_send_dies_with_its_sender() -> None:
 
 
 async def test_limit_a_value_on_its_way_to_a_receiver_away_too_long_counts_as_taken() -> None:
-    cluster_key = qchan.ClusterKey.generate()
     channel: qchan.Channel[str] = qchan.Channel(4)
     # A peer away for 2 x peer_timeout = 0.6 s is "gone".
-    async with qchan.Node(
-        cluster_key=cluster_key, name="home", heartbeat_interval=0.1, peer_timeout=0.3
-    ) as home:
+    timing = {"heartbeat_interval": 0.1, "peer_timeout": 0.3}
+    async with _through_a_proxy({"name": "home", **timing}, {"name": "far", **timing}) as (
+        home,
+        far,
+        proxy,
+        tg,
+    ):
         home.register("buf", channel)
-        host, _, port = home.address.rpartition(":")
-        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
-        async with anyio.create_task_group() as tg:
-            await proxy.start(tg)
-            async with qchan.Node(
-                cluster_key=cluster_key,
-                name="far",
-                peers=proxy.addresses,
-                heartbeat_interval=0.1,
-                peer_timeout=0.3,
-            ) as far:
-                remote = await far.lookup("buf@home", timeout=5)
-                outcome = await _lose_a_delivery(channel, remote, proxy, tg)
-                assert isinstance(outcome, qchan.PeerLost)  # "no value was taken"
-                await anyio.sleep(1.5)  # far stays away (the proxy stalls new links): "gone"
-                proxy.resume()
-                await _until(lambda: any(p.connected for p in far.peers()))
-                # far is back, never took "v", but was "gone" meanwhile: guide.md says "v"
-                # counted as taken then ("it is lost if it was not").
-                with anyio.move_on_after(1):
-                    pytest.fail(f"{await channel.receive()!r} came back: update guide.md")
-            tg.cancel_scope.cancel()
+        remote = await far.lookup("buf@home", timeout=5)
+        outcome = await _lose_a_delivery(channel, remote, proxy, tg)
+        assert isinstance(outcome, qchan.PeerLost)  # "no value was taken"
+        await anyio.sleep(1.5)  # far stays away (the proxy stalls new links): "gone"
+        proxy.resume()
+        await _until(lambda: any(p.connected for p in far.peers()))
+        # far is back, never took "v", but was "gone" meanwhile: guide.md says "v"
+        # counted as taken then ("it is lost if it was not").
+        with anyio.move_on_after(1):
+            pytest.fail(f"{await channel.receive()!r} came back: update guide.md")
 
 
 # --- the link that carries work, when the two ends disagree for a while ----------------------
@@ -155,71 +158,56 @@ async def _sends_within(remote: qchan.Channel[str], values: list[str], seconds: 
             await remote.send(value)
 
 
+# The end that gives up on a silent link sooner: it dials again while the other holds on.
+_QUICK = {"heartbeat_interval": 0.05, "peer_timeout": 0.3}
+_SLOW = {"heartbeat_interval": 0.1, "peer_timeout": 1.5}
+
+
 async def test_a_credit_lost_with_a_link_the_home_still_holds_is_told_again() -> None:
-    cluster_key = qchan.ClusterKey.generate()
     channel: qchan.Channel[str] = qchan.Channel(4)  # credit target 2
-    async with qchan.Node(
-        cluster_key=cluster_key, name="home", heartbeat_interval=0.1, peer_timeout=1.5
-    ) as home:
+    async with _through_a_proxy({"name": "home", **_SLOW}, {"name": "far", **_QUICK}) as (
+        home,
+        far,
+        proxy,
+        _,
+    ):
         home.register("buf", channel)
-        host, _, port = home.address.rpartition(":")
-        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
-        async with anyio.create_task_group() as tg:
-            await proxy.start(tg)
-            async with qchan.Node(
-                cluster_key=cluster_key,
-                name="far",
-                peers=proxy.addresses,
-                heartbeat_interval=0.05,
-                peer_timeout=0.3,
-            ) as far:
-                remote = await far.lookup("buf@home", timeout=5)
-                await remote.send("v0")  # plain; the home answers with a window of 2
-                await anyio.sleep(0.2)
-                proxy.freeze(upstream=False)  # the home's answers stop reaching far ...
-                await _sends_within(remote, ["v1"], 1)  # credited: the home has v1 ...
-                await _until(lambda: len(channel) == 2)
-                proxy.freeze()  # ... and its CREDIT is lost with a link only far gives up on
-                await _until(lambda: len(proxy.connections) == 2)  # far dialled again
-                await _until(lambda: all(p.connected for p in far.peers()))
-                # far resends v1 on the new link (a duplicate there), then uses up its window:
-                # it needs the CREDIT told again on the new link, while the home still holds
-                # the old one and takes the new one as a duplicate.
-                await _sends_within(remote, ["v2", "v3"], 3)
-                with anyio.fail_after(2):
-                    assert [await channel.receive() for _ in range(4)] == ["v0", "v1", "v2", "v3"]
-            tg.cancel_scope.cancel()
+        remote = await far.lookup("buf@home", timeout=5)
+        await remote.send("v0")  # plain; the home answers with a window of 2
+        await anyio.sleep(0.2)
+        proxy.freeze(upstream=False)  # the home's answers stop reaching far ...
+        await _sends_within(remote, ["v1"], 1)  # credited: the home has v1 ...
+        await _until(lambda: len(channel) == 2)
+        proxy.freeze()  # ... and its CREDIT is lost with a link only far gives up on
+        await _until(lambda: len(proxy.connections) == 2)  # far dialled again
+        await _until(lambda: all(p.connected for p in far.peers()))
+        # far resends v1 on the new link (a duplicate there), then uses up its window: it
+        # needs the CREDIT told again on the new link, while the home still holds the old one
+        # and takes the new one as a duplicate.
+        await _sends_within(remote, ["v2", "v3"], 3)
+        with anyio.fail_after(2):
+            assert [await channel.receive() for _ in range(4)] == ["v0", "v1", "v2", "v3"]
 
 
 async def test_credited_sends_go_again_when_a_duplicate_link_takes_over() -> None:
-    cluster_key = qchan.ClusterKey.generate()
     channel: qchan.Channel[str] = qchan.Channel(4)  # credit target 2
-    async with qchan.Node(
-        cluster_key=cluster_key, name="near", heartbeat_interval=0.1, peer_timeout=1.5
-    ) as near:
-        host, _, port = near.address.rpartition(":")
-        proxy = Proxy([("127.0.0.1", 0, host, int(port))])
-        async with anyio.create_task_group() as tg:
-            await proxy.start(tg)
-            # The home dials the sending node, and gives up on a silent link sooner.
-            async with qchan.Node(
-                cluster_key=cluster_key,
-                name="home",
-                peers=proxy.addresses,
-                heartbeat_interval=0.05,
-                peer_timeout=0.3,
-            ) as home:
-                home.register("buf", channel)
-                remote = await near.lookup("buf@home", timeout=5)
-                await remote.send("v0")  # plain; the home answers with a window of 2
-                await anyio.sleep(0.2)
-                proxy.freeze()
-                # Credited, on a link the home gives up on (and dials again) before near does:
-                await _sends_within(remote, ["v1", "v2"], 1)
-                await _until(lambda: len(proxy.connections) == 2)
-                await anyio.sleep(2)  # near gives up on the old link: the new one takes over
-                # v1 and v2 must go again on it, or v3 waits for good for their CREDIT.
-                await _sends_within(remote, ["v3"], 3)
-                with anyio.fail_after(2):
-                    assert [await channel.receive() for _ in range(4)] == ["v0", "v1", "v2", "v3"]
-            tg.cancel_scope.cancel()
+    # The home dials the sending node, and gives up on a silent link sooner.
+    async with _through_a_proxy({"name": "near", **_SLOW}, {"name": "home", **_QUICK}) as (
+        near,
+        home,
+        proxy,
+        _,
+    ):
+        home.register("buf", channel)
+        remote = await near.lookup("buf@home", timeout=5)
+        await remote.send("v0")  # plain; the home answers with a window of 2
+        await anyio.sleep(0.2)
+        proxy.freeze()
+        # Credited, on a link the home gives up on (and dials again) before near does:
+        await _sends_within(remote, ["v1", "v2"], 1)
+        await _until(lambda: len(proxy.connections) == 2)
+        await anyio.sleep(2)  # near gives up on the old link: the new one takes over
+        # v1 and v2 must go again on it, or v3 waits for good for their CREDIT.
+        await _sends_within(remote, ["v3"], 3)
+        with anyio.fail_after(2):
+            assert [await channel.receive() for _ in range(4)] == ["v0", "v1", "v2", "v3"]
