@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    if args.workdir is not None and any(args.workdir.glob("*.log")):
+        # The checker reads every log there: an earlier run's would be checked as this one's.
+        parser.error(f"{args.workdir} holds the logs of an earlier run: give an empty directory")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="qchan-chaos-"))
     config = ChaosConfig(
         workdir=workdir,
