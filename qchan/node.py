@@ -474,8 +474,10 @@ class Node:
         reserved for every peer's credit on it (their windows shrink to what they have sent;
         what they send under the windows they were told is buffered all the same)."""
         chan = state.export_id
+        if chan is None:
+            return
         for peer in self._peers.values():
-            account = peer.credit_accounts.get(chan) if chan is not None else None
+            account = peer.credit_accounts.get(chan)
             if account is not None and account.state is state:
                 account.release()
 
