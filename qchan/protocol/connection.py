@@ -143,6 +143,9 @@ class State(Enum):
     CLOSED = "closed"
 
 
+_OPEN: Final = State.OPEN  # (a global, not an attribute lookup, on the per-frame path)
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class HandshakeCompleted:
@@ -380,7 +383,7 @@ class Connection:
         Raises ``RuntimeError`` before the handshake has completed or after the connection
         closed: the node only sends on open connections.
         """
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             raise RuntimeError(f"cannot send on a connection that is {self.state.value}")
         encoded = encode_frame(frame)
         pending = self._pending

@@ -8,7 +8,8 @@ hypothesis and as a corpus replay (``test_fuzz_corpus.py``).
 
 Targets:
 
-``frames``      :class:`~qchan.protocol.FrameDecoder` fed a run of transport plaintexts.
+``frames``      :class:`~qchan.protocol.FrameDecoder` fed a run of transport plaintexts, with
+                and without its C fast path: both must decode or refuse alike.
 ``codec``       ``qchan._codec.decode`` with a ``ChannelRef.decode`` channel hook; what decodes
                 must encode again, to the same value.
 ``handshake``   a responder :class:`~qchan.crypto.NoiseHandshake` fed arbitrary, genuine and
@@ -90,17 +91,29 @@ def fuzz_frames(data: bytes) -> None:
     choices = Choices(data)
     max_frame_size = (64, 4096, 1 << 20)[choices.below(3)]
     decoder = FrameDecoder(max_frame_size)
+    # The reference alongside: the C fast path must agree with it on every message.
+    reference = FrameDecoder(max_frame_size, accelerated=False)
     while not choices.exhausted:
         message = choices.take(_message_size(choices))
-        try:
-            frames = decoder.decode(message)
-        except ProtocolError:
+        frames = _outcome(decoder, message)
+        assert frames == _outcome(reference, message), "the fast path and the reference disagree"
+        if isinstance(frames, str):
             return  # the decoder is unusable after an error, like its connection
-        for frame in frames:
+        for typed in frames:
+            frame = [field for _, field in typed]
             _check_frame(frame)
             assert frame[0] != Kind.PART, frame
             size = len(encode_frame(frame))  # (minimal: at most what arrived)
             assert size <= max(max_frame_size, len(message)), "a frame above the limit"
+
+
+def _outcome(decoder: FrameDecoder, message: bytes) -> list[list[tuple[type, Any]]] | str:
+    """The frames, each field paired with its exact type (1 == True), or the error's text."""
+    try:
+        frames = decoder.decode(message)
+    except ProtocolError as exc:
+        return str(exc)
+    return [[(type(field), field) for field in frame] for frame in frames]
 
 
 def _check_frame(frame: Frame) -> None:

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from qchan import ProtocolError
 from qchan.crypto import MAX_PLAINTEXT_LEN
-from qchan.protocol import FrameDecoder, Kind
+from qchan.protocol import FrameDecoder, Kind, frames
 from qchan.protocol.frames import PART_OVERHEAD, SCHEMAS, encode_frame, validate
+
+from .test_speedups import speedups
 
 MAX_UINT = 2**64 - 1
 LIMIT = 1 << 20
@@ -25,6 +27,15 @@ WRONG_FOR: dict[type, list[object]] = {
     str: [b"text", 7, True, None, ["text"], {"a": "b"}, 1.5],
     bytes: ["value", 7, True, None, bytearray(b"value"), [b"value"], 1.5],
 }
+
+
+@pytest.fixture(autouse=True, params=["fast path", "reference"])
+def decoding_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs on both decoders: the C fast path and the Python reference."""
+    if request.param == "reference":
+        monkeypatch.setattr(frames, "_decode_fast", None)
+    else:
+        speedups()  # (fails under CI if the fast path was not built)
 
 
 def sample(kind: Kind) -> list[Any]:
