@@ -20,18 +20,20 @@ fails with ``PeerLost`` once a dial has failed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import platform
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Final, final
 
 import anyio
 import anyio.abc
+import sniffio
 
 from qchan import _codec
 from qchan._channel import (
@@ -66,6 +68,19 @@ _MAX_DISCOVERED_PEERS: Final = 1024
 _SWEEP_PEERS_AT: Final = 32
 _DIAL_DEFERENCE: Final = 0.5
 _WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running loop's clock, as a function that works anywhere in that loop.
+
+    ``anyio.current_time`` must first find out which library runs, which it cannot do in an
+    asyncio protocol callback under plain ``asyncio.run`` (no current task, and no mark left by
+    anyio's runner): a link ending there once raised inside ``on_closed``. So ask once, here,
+    in a task.
+    """
+    if sniffio.current_async_library() == "asyncio":
+        return asyncio.get_running_loop().time
+    return anyio.current_time  # trio: works in all its callbacks
 
 
 @final
@@ -179,6 +194,7 @@ class Node:
         self.dropped: deque[tuple[Peer, int, bytes]] = deque()
         self._sweep_peers_at = _SWEEP_PEERS_AT
         self._transport: Transport | None = None
+        self._clock: Callable[[], float] = anyio.current_time  # (the loop's own once running)
         self._tasks: anyio.abc.TaskGroup | None = None
         self._listener: Listener | None = None
         self._hello = Hello(self.name, self._incarnation)
@@ -203,6 +219,7 @@ class Node:
     async def __aenter__(self) -> Node:
         if self._running or self._transport is not None:
             raise RuntimeError("a Node can be started once")
+        self._clock = _loop_clock()
         transport = Transport()
         await transport.__aenter__()
         self._transport = transport
@@ -610,7 +627,8 @@ class Node:
             peer.redialing = False
 
     def now(self) -> float:
-        return anyio.current_time()
+        """The event loop's clock; callable from the loop's callbacks too (see _loop_clock)."""
+        return self._clock()
 
     def release_dropped(self) -> None:
         """Tell the homes of the channels whose last handle here was garbage-collected.
