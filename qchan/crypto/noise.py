@@ -57,6 +57,7 @@ __all__ = [
     "HandshakeState",
     "KeyPair",
     "SymmetricState",
+    "aead_addresses",
     "dh",
     "pattern_from_name",
     "public_key",
@@ -102,6 +103,34 @@ def _open(ciphertext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes | Non
         out, _NULL, _NULL, ciphertext, len(ciphertext), ad, len(ad), nonce, key
     )
     return None if failed else _ffi.buffer(out, size)[:]
+
+
+_AEAD_FUNCTIONS: Final = (
+    "crypto_aead_chacha20poly1305_ietf_encrypt",
+    "crypto_aead_chacha20poly1305_ietf_decrypt",
+)
+_AEAD_TYPES: Final = (
+    "int(*)(unsigned char *, unsigned long long *, unsigned char *, unsigned long long, "
+    "unsigned char *, unsigned long long, unsigned char *, unsigned char *, unsigned char *)",
+    "int(*)(unsigned char *, unsigned long long *, unsigned char *, unsigned char *, "
+    "unsigned long long, unsigned char *, unsigned long long, unsigned char *, unsigned char *)",
+)
+
+
+def aead_addresses() -> tuple[int, int]:
+    """The addresses of libsodium's ChaCha20-Poly1305 (IETF) encrypt and decrypt functions.
+
+    For C code that seals transport messages itself (:mod:`qchan.protocol._speedups`): it
+    calls the very functions this module does, in the library PyNaCl ships. Raises
+    ``RuntimeError`` if their C signatures are not the ones that code was written for.
+    """
+    addresses = []
+    for name, expected in zip(_AEAD_FUNCTIONS, _AEAD_TYPES, strict=True):
+        pointer = _ffi.addressof(_lib, name)
+        if _ffi.typeof(pointer).cname != expected:
+            raise RuntimeError(f"unexpected C signature of libsodium's {name}")
+        addresses.append(int(_ffi.cast("uintptr_t", pointer)))
+    return addresses[0], addresses[1]
 
 
 def _as_bytes(data: Buffer) -> bytes:
@@ -199,6 +228,11 @@ class CipherState:
     @property
     def has_key(self) -> bool:
         return self._key is not None
+
+    @property
+    def key(self) -> bytes | None:
+        """The key (the specification's ``k``), for a fast path that seals with it directly."""
+        return self._key
 
     @property
     def nonce(self) -> int:

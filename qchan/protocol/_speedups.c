@@ -135,6 +135,33 @@ fail:
     return NULL;
 }
 
+/* Appends the frames of one plaintext to `frames`: 1 if it decoded whole, 0 to defer (then
+ * `frames` is as it was, and no exception is set). Frames of kinds below `first_kind` defer
+ * the whole plaintext too (the connection's own control frames are handled in Python). */
+static int decode_into(const unsigned char *buf, Py_ssize_t len, PyObject *frames,
+                       long first_kind) {
+    Reader r = {buf, buf + len};
+    Py_ssize_t start = PyList_GET_SIZE(frames);
+    if (len > MAX_PLAINTEXT) goto defer; /* not one message: the reference refuses it */
+    while (r.p < r.end) {
+        PyObject *frame = read_frame(&r);
+        if (frame == NULL) goto defer;
+        if (PyLong_AsLong(PyList_GET_ITEM(frame, 0)) < first_kind ||
+            PyList_Append(frames, frame) < 0) {
+            Py_DECREF(frame);
+            goto defer;
+        }
+        Py_DECREF(frame);
+    }
+    return 1;
+defer:
+    /* Whatever went wrong (bad UTF-8, memory), the reference decoder meets it again and
+     * reports it its own way. */
+    PyErr_Clear();
+    if (PyList_SetSlice(frames, start, PyList_GET_SIZE(frames), NULL) < 0) PyErr_Clear();
+    return 0;
+}
+
 PyDoc_STRVAR(decode_frames_doc,
 "decode_frames(plaintext, /)\n--\n\n"
 "The frames of one transport message's plaintext, or None if it holds anything the fast\n"
@@ -143,29 +170,205 @@ PyDoc_STRVAR(decode_frames_doc,
 static PyObject *decode_frames(PyObject *module, PyObject *plaintext) {
     Py_buffer view;
     if (PyObject_GetBuffer(plaintext, &view, PyBUF_SIMPLE) < 0) return NULL;
-    Reader r = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len};
-    PyObject *frames = NULL;
-    if (view.len > MAX_PLAINTEXT) goto done; /* not one message: the reference refuses it */
-    frames = PyList_New(0);
-    if (frames == NULL) goto done;
-    while (r.p < r.end) {
-        PyObject *frame = read_frame(&r);
-        if (frame == NULL || PyList_Append(frames, frame) < 0) {
-            Py_XDECREF(frame);
-            Py_CLEAR(frames);
-            break;
-        }
-        Py_DECREF(frame);
-    }
-done:
+    PyObject *frames = PyList_New(0);
+    if (frames != NULL && !decode_into(view.buf, view.len, frames, 0)) Py_CLEAR(frames);
     PyBuffer_Release(&view);
     if (frames == NULL) {
-        /* Deferring: whatever went wrong (bad UTF-8, memory), the reference decoder meets
-         * it again and reports it its own way. */
         PyErr_Clear();
         Py_RETURN_NONE;
     }
     return frames;
+}
+
+/* --- Sealing and opening transport messages ------------------------------------------------
+ *
+ * ChaCha20-Poly1305 (IETF) is libsodium's, reached through the function pointers PyNaCl's
+ * binding exposes (set_aead): no second copy of the cipher, and nothing to link against.
+ * A transport message on the wire is a 2-byte big-endian length, then the ciphertext and its
+ * 16-byte tag; its nonce is 4 zero bytes and the 64-bit message counter, little-endian
+ * (Noise's ChaChaPoly). The caller keeps the counters: these functions take the next nonce and
+ * say how many they used. Opening defers, like decoding: a message that fails authentication
+ * is left unconsumed for the reference path, which raises the error. */
+
+#define TAG_LEN 16
+#define KEY_LEN 32
+#define MAX_MESSAGE 65535
+#define MAX_NONCE UINT64_MAX /* reserved by Noise: never used */
+
+typedef int (*aead_encrypt)(unsigned char *c, unsigned long long *clen, const unsigned char *m,
+                            unsigned long long mlen, const unsigned char *ad,
+                            unsigned long long adlen, const unsigned char *nsec,
+                            const unsigned char *npub, const unsigned char *k);
+typedef int (*aead_decrypt)(unsigned char *m, unsigned long long *mlen, unsigned char *nsec,
+                            const unsigned char *c, unsigned long long clen,
+                            const unsigned char *ad, unsigned long long adlen,
+                            const unsigned char *npub, const unsigned char *k);
+
+static aead_encrypt encrypt_fn = NULL;
+static aead_decrypt decrypt_fn = NULL;
+
+static void make_nonce(unsigned char nonce[12], uint64_t n) {
+    memset(nonce, 0, 4);
+    for (int i = 0; i < 8; i++) nonce[4 + i] = (unsigned char)(n >> (8 * i));
+}
+
+/* The 32-byte key in `object` (bytes); NULL with an exception otherwise. */
+static const unsigned char *key_of(PyObject *object) {
+    if (!PyBytes_Check(object) || PyBytes_GET_SIZE(object) != KEY_LEN) {
+        PyErr_SetString(PyExc_ValueError, "a key is 32 bytes");
+        return NULL;
+    }
+    return (const unsigned char *)PyBytes_AS_STRING(object);
+}
+
+/* The nonce counter in `object`, below MAX_NONCE; 0 with an exception otherwise. */
+static int nonce_of(PyObject *object, uint64_t *out) {
+    unsigned long long n = PyLong_AsUnsignedLongLong(object);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) return 0;
+    if (n >= MAX_NONCE) {
+        PyErr_SetString(PyExc_ValueError, "the nonce is exhausted");
+        return 0;
+    }
+    *out = n;
+    return 1;
+}
+
+PyDoc_STRVAR(set_aead_doc,
+"set_aead(encrypt, decrypt, /)\n--\n\n"
+"The addresses of libsodium's crypto_aead_chacha20poly1305_ietf_encrypt and _decrypt.");
+
+static PyObject *set_aead(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_aead() takes two addresses");
+        return NULL;
+    }
+    void *encrypt = PyLong_AsVoidPtr(args[0]);
+    if (encrypt == NULL && PyErr_Occurred()) return NULL;
+    void *decrypt = PyLong_AsVoidPtr(args[1]);
+    if (decrypt == NULL && PyErr_Occurred()) return NULL;
+    if (encrypt == NULL || decrypt == NULL) {
+        PyErr_SetString(PyExc_ValueError, "set_aead() needs two function addresses");
+        return NULL;
+    }
+    encrypt_fn = (aead_encrypt)encrypt;
+    decrypt_fn = (aead_decrypt)decrypt;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(seal_message_doc,
+"seal_message(key, nonce, plaintext, /)\n--\n\n"
+"The transport message carrying `plaintext` (at most 65519 bytes), sealed with `key` under\n"
+"message counter `nonce`, with its 2-byte length in front. Raises ValueError for a wrong key,\n"
+"an exhausted nonce (2**64-1) or a plaintext too long.");
+
+static PyObject *seal_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "seal_message() takes key, nonce and plaintext");
+        return NULL;
+    }
+    if (encrypt_fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_aead() was not called");
+        return NULL;
+    }
+    const unsigned char *key = key_of(args[0]);
+    uint64_t n;
+    if (key == NULL || !nonce_of(args[1], &n)) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *message = NULL;
+    if (view.len > MAX_MESSAGE - TAG_LEN) {
+        PyErr_SetString(PyExc_ValueError, "plaintext too long for one transport message");
+        goto done;
+    }
+    Py_ssize_t length = view.len + TAG_LEN;
+    message = PyBytes_FromStringAndSize(NULL, 2 + length);
+    if (message == NULL) goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(message);
+    out[0] = (unsigned char)(length >> 8);
+    out[1] = (unsigned char)length;
+    unsigned char nonce[12];
+    make_nonce(nonce, n);
+    unsigned long long written = 0;
+    if (encrypt_fn(out + 2, &written, view.buf, (unsigned long long)view.len, NULL, 0, NULL,
+                   nonce, key) != 0 ||
+        written != (unsigned long long)length) {
+        Py_CLEAR(message);
+        PyErr_SetString(PyExc_RuntimeError, "encryption failed");
+    }
+done:
+    PyBuffer_Release(&view);
+    return message;
+}
+
+PyDoc_STRVAR(open_messages_doc,
+"open_messages(key, nonce, data, offset, frames, first_kind, /)\n--\n\n"
+"Open the whole transport messages in `data` from `offset` on, the first under message counter\n"
+"`nonce`, appending their frames to `frames`; returns (offset, opened, deferred).\n\n"
+"It stops at an incomplete message, at one that fails authentication or is shorter than its\n"
+"tag (left unconsumed: the reference path raises for it), and after one whose frames it does\n"
+"not decode or that holds a frame of a kind below `first_kind`: that message's plaintext is\n"
+"`deferred` for the reference decoder (else None). `opened` counts the messages consumed,\n"
+"the deferred one included; `offset` is where the next message begins.");
+
+static PyObject *open_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "open_messages() takes six arguments");
+        return NULL;
+    }
+    if (decrypt_fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_aead() was not called");
+        return NULL;
+    }
+    const unsigned char *key = key_of(args[0]);
+    uint64_t n;
+    if (key == NULL || !nonce_of(args[1], &n)) return NULL;
+    Py_ssize_t offset = PyLong_AsSsize_t(args[3]);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    PyObject *frames = args[4];
+    if (!PyList_CheckExact(frames)) {
+        PyErr_SetString(PyExc_TypeError, "frames must be a list");
+        return NULL;
+    }
+    long first_kind = PyLong_AsLong(args[5]);
+    if (first_kind == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t size = view.len;
+    if (offset < 0 || offset > size) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offset outside the data");
+        return NULL;
+    }
+    uint64_t opened = 0;
+    PyObject *deferred = NULL;
+    while (size - offset >= 2 && n + opened < MAX_NONCE) {
+        Py_ssize_t length = be16(data + offset);
+        if (length < TAG_LEN || length > size - offset - 2) break;
+        PyObject *plaintext = PyBytes_FromStringAndSize(NULL, length - TAG_LEN);
+        if (plaintext == NULL) break;
+        unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(plaintext);
+        unsigned char nonce[12];
+        make_nonce(nonce, n + opened);
+        unsigned long long plain_length = 0;
+        if (decrypt_fn(plain, &plain_length, NULL, data + offset + 2,
+                       (unsigned long long)length, NULL, 0, nonce, key) != 0 ||
+            plain_length != (unsigned long long)(length - TAG_LEN)) {
+            Py_DECREF(plaintext);
+            break; /* the reference path decrypts it again, and says what is wrong */
+        }
+        offset += 2 + length;
+        opened += 1;
+        if (!decode_into(plain, length - TAG_LEN, frames, first_kind)) {
+            deferred = plaintext;
+            break;
+        }
+        Py_DECREF(plaintext);
+    }
+    PyBuffer_Release(&view);
+    PyErr_Clear(); /* (a failed allocation above: the reference path meets it again) */
+    if (deferred == NULL) deferred = Py_NewRef(Py_None);
+    return Py_BuildValue("nKN", offset, (unsigned long long)opened, deferred);
 }
 
 PyDoc_STRVAR(set_schemas_doc,
@@ -208,6 +411,9 @@ static PyObject *set_schemas(PyObject *module, PyObject *mapping) {
 
 static PyMethodDef methods[] = {
     {"decode_frames", decode_frames, METH_O, decode_frames_doc},
+    {"open_messages", (PyCFunction)(void (*)(void))open_messages, METH_FASTCALL, open_messages_doc},
+    {"seal_message", (PyCFunction)(void (*)(void))seal_message, METH_FASTCALL, seal_message_doc},
+    {"set_aead", (PyCFunction)(void (*)(void))set_aead, METH_FASTCALL, set_aead_doc},
     {"set_schemas", set_schemas, METH_O, set_schemas_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -215,7 +421,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "qchan.protocol._speedups",
-    "The C fast path of frame decoding (see qchan.protocol.frames).",
+    "The C fast path of the protocol: sealing, opening and decoding transport messages.",
     -1,
     methods,
 };

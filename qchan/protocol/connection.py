@@ -28,6 +28,7 @@ terminates with :class:`~qchan.PeerLost`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, final
@@ -38,7 +39,7 @@ from qchan._errors import AuthenticationError, PeerLost, ProtocolError, QchanErr
 from qchan.crypto.cipher import MAX_PLAINTEXT_LEN, TransportCipher
 from qchan.crypto.handshake import NoiseHandshake
 from qchan.crypto.keys import ClusterKey, NodeKey
-from qchan.crypto.noise import DHLEN, MAX_MESSAGE_LEN, TAGLEN
+from qchan.crypto.noise import Buffer, DHLEN, MAX_MESSAGE_LEN, MAX_NONCE, TAGLEN, aead_addresses
 from qchan.protocol.frames import (
     PART_OVERHEAD,
     Frame,
@@ -66,6 +67,7 @@ PROTOCOL_VERSION: Final = 1
 LINK_ID_LEN: Final = 8
 _LENGTH: Final = struct.Struct(">H")
 _LAST_CONTROL_KIND: Final = int(Kind.PART)  # connection control kinds are numbered first
+_FIRST_NODE_KIND: Final = _LAST_CONTROL_KIND + 1
 _MAX_NAME_LEN: Final = 255
 _MESSAGE_1_LEN: Final = DHLEN + TAGLEN
 """Handshake message 1 is exactly this long: ``e`` and the tag of its empty payload."""
@@ -145,6 +147,30 @@ class State(Enum):
 
 _OPEN: Final = State.OPEN  # (a global, not an attribute lookup, on the per-frame path)
 
+SealMessage = Callable[[bytes, int, Buffer], bytes]
+OpenMessages = Callable[
+    [bytes, int, Buffer, int, list[Frame], int], tuple[int, int, bytes | None]
+]
+
+
+def _fast_cipher() -> tuple[SealMessage, OpenMessages] | None:
+    """The C fast path's sealing and opening of transport messages; None if it is not built.
+
+    Both are exact stand-ins for the reference path below (TransportCipher, then the frame
+    decoder), on libsodium's own functions: opening consumes only what authenticates and
+    decodes in the common case, and leaves the rest (a failure to report, a PART run, the
+    connection's own control frames) to the reference path.
+    """
+    try:
+        from qchan.protocol import _speedups
+    except ImportError:  # no compiler where qchan was installed: the pure-Python path only
+        return None
+    _speedups.set_aead(*aead_addresses())
+    return _speedups.seal_message, _speedups.open_messages
+
+
+_FAST: Final = _fast_cipher()
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -201,10 +227,14 @@ class Connection:
         "_inbox",
         "_last_heard",
         "_max_message",
+        "_open_messages",
         "_outbox",
         "_pending",
         "_ping_nonce",
         "_pinged_at",
+        "_receive_key",
+        "_seal_message",
+        "_send_key",
         "initiator",
         "link_id",
         "remote_hello",
@@ -223,7 +253,10 @@ class Connection:
         trusted: frozenset[bytes] | None = None,
         expected_remote_key: bytes | None = None,
         config: ConnectionConfig = ConnectionConfig(),
+        accelerated: bool = True,
     ) -> None:
+        """``accelerated=False`` keeps to the pure-Python reference path (for the tests that
+        compare the two); by default the C fast path is used where it was built."""
         self.initiator = initiator
         self.state = State.HANDSHAKING
         self.remote_key: bytes | None = None
@@ -242,7 +275,11 @@ class Connection:
         )
         self._handshake_deadline = now + config.handshake_timeout
         self._cipher: TransportCipher | None = None
-        self._decoder = FrameDecoder(config.max_frame_size)
+        self._decoder = FrameDecoder(config.max_frame_size, accelerated=accelerated)
+        fast = _FAST if accelerated else None
+        self._seal_message: SealMessage | None = fast[0] if fast else None
+        self._open_messages: OpenMessages | None = fast[1] if fast else None
+        self._send_key = self._receive_key = b""  # (the transport keys, once known)
         self._inbox = bytearray()  # wire bytes not yet parsed into messages
         self._outbox = bytearray()  # wire bytes ready to write
         self._pending = bytearray()  # frames not yet sealed into a transport message
@@ -276,8 +313,26 @@ class Connection:
         events: list[Event] = []
         frames: list[Frame] = []
         offset, size = 0, len(inbox)
+        open_messages = self._open_messages
         try:
             while size - offset >= 2:
+                if open_messages is not None and self.state is _OPEN and self._decoder.idle:
+                    # The C fast path opens and decodes what it can; what it leaves, the
+                    # reference path below takes, one message at a time.
+                    cipher = self._cipher
+                    assert cipher is not None
+                    nonce = cipher.receive_nonce
+                    offset, opened, deferred = open_messages(
+                        self._receive_key, nonce, inbox, offset, frames, _FIRST_NODE_KIND
+                    )
+                    if opened:
+                        cipher.receive_nonce = nonce + opened
+                        self._last_heard = now
+                        if deferred is not None and self._receive_frames(deferred, frames, events):
+                            break  # a GOAWAY ends the stream
+                        continue
+                    # Nothing opened: the next message is incomplete, or fails (and the
+                    # reference path says how).
                 (length,) = _LENGTH.unpack_from(inbox, offset)
                 if length > self._max_message:
                     raise AuthenticationError(
@@ -329,6 +384,8 @@ class Connection:
             # gets nothing more, as when its key is refused.
             hello = Hello.decode(handshake.remote_payload)
             self._cipher = handshake.transport()
+            self._send_key = self._cipher.send_key
+            self._receive_key = self._cipher.receive_key
             self.link_id = handshake.handshake_hash[:LINK_ID_LEN]
             self.remote_key = handshake.remote_static
             self.remote_hello = hello
@@ -405,9 +462,24 @@ class Connection:
 
     def _seal(self) -> None:
         if self._pending:
-            assert self._cipher is not None
-            self._write_message(self._cipher.encrypt(self._pending))
-            self._pending.clear()
+            self._outbox += self._sealed()
+
+    def _sealed(self) -> bytes:
+        """The pending frames as one transport message, length and all; they are no longer
+        pending."""
+        cipher = self._cipher
+        assert cipher is not None
+        pending = self._pending
+        seal_message = self._seal_message
+        nonce = cipher.send_nonce
+        if seal_message is not None and nonce < MAX_NONCE:
+            message = seal_message(self._send_key, nonce, pending)
+            cipher.send_nonce = nonce + 1
+        else:  # (the reference path, which also raises once the nonce is exhausted)
+            sealed = cipher.encrypt(pending)
+            message = _LENGTH.pack(len(sealed)) + sealed
+        pending.clear()
+        return message
 
     def _write_message(self, message: bytes) -> None:
         self._outbox += _LENGTH.pack(len(message))
@@ -419,10 +491,13 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Everything ready for the wire, sealing the frames queued since the last call."""
+        outbox = self._outbox
         if self._pending:
-            self._seal()
-        data = bytes(self._outbox)
-        self._outbox.clear()
+            if not outbox:
+                return self._sealed()  # (the usual case: no copy through the outbox)
+            outbox += self._sealed()
+        data = bytes(outbox)
+        outbox.clear()
         return data
 
     def close(self, reason: GoawayReason = GoawayReason.SHUTDOWN, text: str = "") -> None:

@@ -256,6 +256,11 @@ class FrameDecoder:
             max_ext_len=0,
         )
 
+    @property
+    def idle(self) -> bool:
+        """Not in the middle of a PART run (the next message's frames stand on their own)."""
+        return self._part is None
+
     def decode(self, plaintext: bytes) -> list[Frame]:
         """The frames in one transport message's plaintext.
 
