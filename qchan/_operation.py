@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -278,7 +279,52 @@ async def checkpoint_if_cancelled() -> None:
     if _library.name == "trio":
         await _trio_checkpoint_if_cancelled()
         return
+    if _anyio_task_states is not None and not _anyio_scope_cancelled(_anyio_task_states):
+        return
     await anyio.lowlevel.checkpoint_if_cancelled()
+
+
+def _anyio_scope_cancelled(task_states: dict[Any, Any]) -> bool:
+    """Whether the current task is inside a cancelled anyio cancel scope (not shielded from it).
+
+    anyio's own test, read from its state directly: the public checkpoint finds the backend
+    through sniffio and walks the scopes through properties, about 1.2 us on every remote
+    send; this is a third of that. It walks the same chain in the same order (a scope's own
+    cancellation counts before its shield). Only the answer "not cancelled" is taken from
+    here: when a scope is cancelled, anyio's public checkpoint does the raising.
+    """
+    task = _current_task()
+    state = task_states.get(_weakref(task)) if task is not None else None
+    scope = state.cancel_scope if state is not None else None
+    while scope is not None:
+        if scope._cancel_called:
+            return True
+        if scope._shield:
+            return False
+        scope = scope._parent_scope
+    return False
+
+
+def _find_anyio_task_states() -> dict[Any, Any] | None:
+    """anyio's table of task states on asyncio (weak keys), if it is laid out as expected."""
+    try:
+        from anyio._backends import _asyncio as backend
+
+        scope = backend.CancelScope()
+        if scope._cancel_called or scope._shield or scope._parent_scope is not None:
+            return None
+        if "cancel_scope" not in backend.TaskState.__slots__:
+            return None
+        data = backend._task_states.data  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+#: None if this anyio is laid out otherwise: then its public checkpoint is used (slower only).
+_anyio_task_states: Final = _find_anyio_task_states()
+_current_task: Final = asyncio.current_task
+_weakref: Final = weakref.ref
 
 
 async def cancel_shielded_checkpoint() -> None:

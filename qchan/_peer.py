@@ -9,6 +9,7 @@ with the smaller public key carries new work, and the other is closed once idle.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import struct
@@ -42,6 +43,7 @@ class Peer:
         "_op_ids",
         "address",
         "candidates",
+        "channel_encoder",
         "credit_accounts",
         "dialing",
         "discovered",
@@ -66,6 +68,9 @@ class Peer:
         self.node = node
         self.key = key
         self.address = address
+        # The codec's hook for channel handles in values sent to this peer (made once: this
+        # is on the path of every send).
+        self.channel_encoder = functools.partial(node.reference_for, self)
         self.name = ""
         self.incarnation: bytes | None = None
         self.session: Session | None = None  # the link that carries new operations

@@ -411,19 +411,22 @@ class Node:
 
     def encode_value(self, value: Any, peer: Peer) -> bytes:
         """``value``'s bytes for ``peer``; handles inside become references it can use."""
+        return _codec.encode(
+            value, channel_encoder=peer.channel_encoder, max_size=self._max_value_size
+        )
 
-        def reference(handle: _Handle) -> bytes:
-            endpoint = handle._endpoint
-            rights = _rights_of(handle)
-            if isinstance(endpoint, ChannelState):
-                return self.exports.ref(
-                    endpoint, rights, peer.key, self._address_seen_by(peer)
-                ).encode()
-            if isinstance(endpoint, RemoteEndpoint):
-                return endpoint.ref.restricted(rights).encode()
-            raise TypeError(f"cannot send a {type(endpoint).__name__} channel")
-
-        return _codec.encode(value, channel_encoder=reference, max_size=self._max_value_size)
+    def reference_for(self, peer: Peer, handle: _Handle) -> bytes:
+        """The reference that stands for ``handle`` in a value sent to ``peer`` (the codec's
+        channel encoder; each peer holds it bound to itself, :attr:`Peer.channel_encoder`)."""
+        endpoint = handle._endpoint
+        rights = _rights_of(handle)
+        if isinstance(endpoint, ChannelState):
+            return self.exports.ref(
+                endpoint, rights, peer.key, self._address_seen_by(peer)
+            ).encode()
+        if isinstance(endpoint, RemoteEndpoint):
+            return endpoint.ref.restricted(rights).encode()
+        raise TypeError(f"cannot send a {type(endpoint).__name__} channel")
 
     def decode_value(self, data: bytes) -> Any:
         return _codec.decode(data, channel_decoder=self._handle_from_ref)

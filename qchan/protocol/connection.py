@@ -39,7 +39,7 @@ from qchan._errors import AuthenticationError, PeerLost, ProtocolError, QchanErr
 from qchan.crypto.cipher import MAX_PLAINTEXT_LEN, TransportCipher
 from qchan.crypto.handshake import NoiseHandshake
 from qchan.crypto.keys import ClusterKey, NodeKey
-from qchan.crypto.noise import Buffer, DHLEN, MAX_MESSAGE_LEN, MAX_NONCE, TAGLEN, aead_addresses
+from qchan.crypto.noise import DHLEN, MAX_MESSAGE_LEN, MAX_NONCE, TAGLEN, Buffer, aead_addresses
 from qchan.protocol.frames import (
     PART_OVERHEAD,
     Frame,
@@ -148,9 +148,7 @@ class State(Enum):
 _OPEN: Final = State.OPEN  # (a global, not an attribute lookup, on the per-frame path)
 
 SealMessage = Callable[[bytes, int, Buffer], bytes]
-OpenMessages = Callable[
-    [bytes, int, Buffer, int, list[Frame], int], tuple[int, int, bytes | None]
-]
+OpenMessages = Callable[[bytes, int, Buffer, int, list[Frame], int], tuple[int, int, bytes | None]]
 
 
 def _fast_cipher() -> tuple[SealMessage, OpenMessages] | None:
