@@ -314,12 +314,17 @@ class Connection:
         open_messages = self._open_messages
         try:
             while size - offset >= 2:
-                if open_messages is not None and self.state is _OPEN and self._decoder.idle:
+                if (
+                    open_messages is not None
+                    and self.state is _OPEN
+                    and self._decoder.idle
+                    and (nonce := self._cipher.receive_nonce) < MAX_NONCE  # type: ignore[union-attr]
+                ):
                     # The C fast path opens and decodes what it can; what it leaves, the
-                    # reference path below takes, one message at a time.
+                    # reference path below takes, one message at a time (and it raises
+                    # once the nonce is exhausted).
                     cipher = self._cipher
                     assert cipher is not None
-                    nonce = cipher.receive_nonce
                     offset, opened, deferred = open_messages(
                         self._receive_key, nonce, inbox, offset, frames, _FIRST_NODE_KIND
                     )

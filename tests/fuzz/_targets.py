@@ -319,7 +319,9 @@ def _fixed_ephemeral(private: bytes) -> Iterator[None]:
         KeyPair.generate = original  # type: ignore[method-assign]
 
 
-def _responder_connection(trusted: frozenset[bytes] | None) -> Connection:
+def _responder_connection(
+    trusted: frozenset[bytes] | None, *, accelerated: bool = True
+) -> Connection:
     with _fixed_ephemeral(RESPONDER_EPHEMERAL):
         return Connection(
             initiator=False,
@@ -329,6 +331,7 @@ def _responder_connection(trusted: frozenset[bytes] | None) -> Connection:
             now=0.0,
             trusted=trusted,
             config=_CONFIG,
+            accelerated=accelerated,
         )
 
 
@@ -452,11 +455,30 @@ class _Watch:
 
 
 def fuzz_connection(data: bytes) -> None:
+    """A responder fed a handshake and then anything: every event checked as it comes, and
+    the C fast path (sealing, opening, decoding) and the pure-Python reference must do
+    exactly the same: same frames, same output bytes, same end for the same reason."""
+    fast, reference = _connection_run(data, True), _connection_run(data, False)
+    assert fast == reference, "the fast path and the reference path differ"
+
+
+def _connection_run(data: bytes, accelerated: bool) -> tuple[object, ...]:
+    """Run the input on one responder; what it did, to compare."""
     choices = Choices(data)
     mode = choices.below(3)
     trusted = _TRUST[choices.below(2)]
-    connection = _responder_connection(trusted)
-    watch = _Watch(connection)
+    # (The responder draws its ephemeral key as it answers message 1: fixed for the whole
+    # run, both runs make the same session keys, and so the same bytes.)
+    with _fixed_ephemeral(RESPONDER_EPHEMERAL):
+        connection = _responder_connection(trusted, accelerated=accelerated)
+        watch = _Watch(connection)
+        _check_connection(choices, mode, connection, watch)
+    ended = watch.ended()
+    end = None if ended is None else (type(ended.error), str(ended.error))
+    return watch.completed, watch.goaway, end, watch.frames, bytes(watch.output)
+
+
+def _check_connection(choices: Choices, mode: int, connection: Connection, watch: _Watch) -> None:
     if mode == 0:  # anything at all, from a stranger
         watch.feed(choices.rest(), choices, 0.0)
         assert not watch.completed

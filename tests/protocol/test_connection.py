@@ -22,6 +22,8 @@ from qchan.protocol import (
     Kind,
     State,
 )
+from qchan.protocol import connection as connection_module
+from qchan.protocol import frames as frames_module
 from qchan.protocol.frames import encode_frame
 
 from ._helpers import (
@@ -40,8 +42,20 @@ from ._helpers import (
     transfer,
     wire,
 )
+from .test_speedups import speedups
 
 CONFIG = ConnectionConfig()  # heartbeat 1 s, peer timeout 3 s, handshake 5 s
+
+
+@pytest.fixture(autouse=True, params=["fast path", "reference"])
+def wire_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs on both paths: the C fast path (sealing, opening, decoding) and
+    the pure-Python reference."""
+    if request.param == "reference":
+        monkeypatch.setattr(connection_module, "_FAST", None)
+        monkeypatch.setattr(frames_module, "_decode_fast", None)
+    else:
+        speedups()  # (fails under CI if the fast path was not built)
 
 
 def state(connection: Connection) -> State:
@@ -445,6 +459,24 @@ def test_a_frame_larger_than_the_peer_allows_ends_the_connection() -> None:
     events = transfer(initiator, responder)
     assert isinstance(terminated(events).error, ProtocolError)
     assert frames_of(events) == []
+
+
+def test_the_last_nonce_of_a_session_is_used_and_then_the_connection_ends() -> None:
+    initiator, responder = establish()
+    for connection in (initiator, responder):  # (reaching 2**64 messages honestly takes long)
+        cipher = connection._cipher
+        assert cipher is not None
+        cipher.send_nonce = cipher.receive_nonce = 2**64 - 2
+    initiator.send(ack(1))
+    assert frames_of(transfer(initiator, responder)) == [ack(1)]  # nonce 2**64-2: the last
+    initiator.send(ack(2))
+    with pytest.raises(ProtocolError, match="nonce exhausted"):
+        initiator.data_to_send()  # 2**64-1 is reserved: nothing more may be sealed
+    # and the receiving side refuses to open anything under the reserved nonce
+    forged = wire(b"x" * 32)
+    assert responder._cipher is not None
+    responder._cipher.receive_nonce = 2**64 - 1
+    assert isinstance(terminated(responder.receive_data(forged, 0.0)).error, ProtocolError)
 
 
 # --- sending at the wrong time ----------------------------------------------------------
