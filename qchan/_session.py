@@ -313,6 +313,15 @@ class Session:
         except ProtocolError as exc:  # e.g. a type this node never registered
             self.send(error_frame(op_id, exc))
             return
+        if mode == Mode.PLAIN and not state.closed and state.poll_send(value):
+            # Done at once, as a local send would be: a local receiver took it, or it went
+            # into the buffer. (The common case of a busy channel: no waiter is made.)
+            if op_id >= self._peer_ids_seen:
+                self._peer_ids_seen = op_id + 1
+            self.send([Kind.ACK, op_id])
+            if state.capacity:
+                self._credit_dirty.add(chan)  # a sender without credit: offer some
+            return
         waiter = RemoteSender(self, op_id, state, value, mode)
         self._admit(op_id, waiter)
         if mode == Mode.PLAIN and state.capacity:
