@@ -40,33 +40,21 @@ class TransportCipher:
         """How many messages have been encrypted."""
         return self._send.nonce
 
-    @send_nonce.setter
-    def send_nonce(self, nonce: int) -> None:
-        # For a fast path that seals with send_key itself: it says how many it sealed.
-        self._send.set_nonce(nonce)
-
     @property
     def receive_nonce(self) -> int:
         """How many messages have been decrypted."""
         return self._receive.nonce
 
-    @receive_nonce.setter
-    def receive_nonce(self, nonce: int) -> None:
-        self._receive.set_nonce(nonce)
+    @property
+    def sending(self) -> CipherState:
+        """The CipherState our messages are sealed with: for a fast path that seals with its
+        key itself and takes its nonces from it (:meth:`CipherState.take_nonce`)."""
+        return self._send
 
     @property
-    def send_key(self) -> bytes:
-        """The key our messages are sealed with (for a fast path; never sent anywhere)."""
-        key = self._send.key
-        assert key is not None  # (a transport CipherState always has its key)
-        return key
-
-    @property
-    def receive_key(self) -> bytes:
-        """The key the peer's messages are opened with."""
-        key = self._receive.key
-        assert key is not None
-        return key
+    def receiving(self) -> CipherState:
+        """The CipherState the peer's messages are opened with (for a fast path, as above)."""
+        return self._receive
 
     def encrypt(self, plaintext: Buffer) -> bytes:
         """The transport message carrying ``plaintext`` (16 bytes longer).

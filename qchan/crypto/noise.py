@@ -245,6 +245,16 @@ class CipherState:
             raise ValueError("a nonce is a 64-bit unsigned integer")
         self._n = nonce
 
+    def take_nonce(self) -> int:
+        """The nonce for one message encrypted elsewhere (a fast path with :attr:`key`); it
+        counts as used. Raises :class:`~qchan.ProtocolError` once exhausted, as
+        :meth:`encrypt_with_ad` does."""
+        n = self._n
+        if n >= MAX_NONCE:
+            self._next_nonce()  # (raises)
+        self._n = n + 1
+        return n
+
     def _next_nonce(self) -> int:
         n = self._n
         if n >= MAX_NONCE:

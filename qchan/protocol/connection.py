@@ -39,7 +39,15 @@ from qchan._errors import AuthenticationError, PeerLost, ProtocolError, QchanErr
 from qchan.crypto.cipher import MAX_PLAINTEXT_LEN, TransportCipher
 from qchan.crypto.handshake import NoiseHandshake
 from qchan.crypto.keys import ClusterKey, NodeKey
-from qchan.crypto.noise import DHLEN, MAX_MESSAGE_LEN, MAX_NONCE, TAGLEN, Buffer, aead_addresses
+from qchan.crypto.noise import (
+    DHLEN,
+    MAX_MESSAGE_LEN,
+    MAX_NONCE,
+    TAGLEN,
+    Buffer,
+    CipherState,
+    aead_addresses,
+)
 from qchan.protocol.frames import (
     PART_OVERHEAD,
     Frame,
@@ -231,8 +239,10 @@ class Connection:
         "_ping_nonce",
         "_pinged_at",
         "_receive_key",
+        "_receiving",
         "_seal_message",
         "_send_key",
+        "_sending",
         "initiator",
         "link_id",
         "remote_hello",
@@ -277,7 +287,10 @@ class Connection:
         fast = _FAST if accelerated else None
         self._seal_message: SealMessage | None = fast[0] if fast else None
         self._open_messages: OpenMessages | None = fast[1] if fast else None
-        self._send_key = self._receive_key = b""  # (the transport keys, once known)
+        # (The transport CipherStates and their keys, for the fast path, once known.)
+        self._sending: CipherState | None = None
+        self._receiving: CipherState | None = None
+        self._send_key = self._receive_key = b""
         self._inbox = bytearray()  # wire bytes not yet parsed into messages
         self._outbox = bytearray()  # wire bytes ready to write
         self._pending = bytearray()  # frames not yet sealed into a transport message
@@ -311,25 +324,24 @@ class Connection:
         events: list[Event] = []
         frames: list[Frame] = []
         offset, size = 0, len(inbox)
-        open_messages = self._open_messages
+        open_messages, receiving = self._open_messages, self._receiving
         try:
             while size - offset >= 2:
                 if (
                     open_messages is not None
+                    and receiving is not None
                     and self.state is _OPEN
                     and self._decoder.idle
-                    and (nonce := self._cipher.receive_nonce) < MAX_NONCE  # type: ignore[union-attr]
+                    and (nonce := receiving.nonce) < MAX_NONCE
                 ):
                     # The C fast path opens and decodes what it can; what it leaves, the
                     # reference path below takes, one message at a time (and it raises
                     # once the nonce is exhausted).
-                    cipher = self._cipher
-                    assert cipher is not None
                     offset, opened, deferred = open_messages(
                         self._receive_key, nonce, inbox, offset, frames, _FIRST_NODE_KIND
                     )
                     if opened:
-                        cipher.receive_nonce = nonce + opened
+                        receiving.set_nonce(nonce + opened)
                         self._last_heard = now
                         if deferred is not None and self._receive_frames(deferred, frames, events):
                             break  # a GOAWAY ends the stream
@@ -387,8 +399,9 @@ class Connection:
             # gets nothing more, as when its key is refused.
             hello = Hello.decode(handshake.remote_payload)
             self._cipher = handshake.transport()
-            self._send_key = self._cipher.send_key
-            self._receive_key = self._cipher.receive_key
+            self._sending, self._receiving = self._cipher.sending, self._cipher.receiving
+            self._send_key = self._sending.key or b""
+            self._receive_key = self._receiving.key or b""
             self.link_id = handshake.handshake_hash[:LINK_ID_LEN]
             self.remote_key = handshake.remote_static
             self.remote_hello = hello
@@ -470,16 +483,14 @@ class Connection:
     def _sealed(self) -> bytes:
         """The pending frames as one transport message, length and all; they are no longer
         pending."""
-        cipher = self._cipher
-        assert cipher is not None
         pending = self._pending
-        seal_message = self._seal_message
-        nonce = cipher.send_nonce
-        if seal_message is not None and nonce < MAX_NONCE:
-            message = seal_message(self._send_key, nonce, pending)
-            cipher.send_nonce = nonce + 1
-        else:  # (the reference path, which also raises once the nonce is exhausted)
-            sealed = cipher.encrypt(pending)
+        seal_message, sending = self._seal_message, self._sending
+        if seal_message is not None and sending is not None:
+            # (take_nonce raises once the nonce is exhausted, as the reference path does)
+            message = seal_message(self._send_key, sending.take_nonce(), pending)
+        else:  # the reference path
+            assert self._cipher is not None
+            sealed = self._cipher.encrypt(pending)
             message = _LENGTH.pack(len(sealed)) + sealed
         pending.clear()
         return message

@@ -254,3 +254,17 @@ def test_transport_nonce_exhaustion() -> None:
     with pytest.raises(ProtocolError, match="nonce exhausted"):
         receiver.decrypt(bytes(32))
     assert sender.send_nonce == MAX_NONCE
+
+
+def test_nonces_taken_for_a_fast_path_count_and_run_out_as_encrypting_does() -> None:
+    key = bytes(range(32))
+    taking, encrypting = CipherState(key), CipherState(key)
+    assert [taking.take_nonce() for _ in range(3)] == [0, 1, 2]
+    for _ in range(3):
+        encrypting.encrypt_with_ad(b"", b"x")
+    assert taking.nonce == encrypting.nonce == 3
+    taking.set_nonce(MAX_NONCE - 1)
+    assert taking.take_nonce() == MAX_NONCE - 1  # the last one
+    with pytest.raises(ProtocolError, match="nonce exhausted"):
+        taking.take_nonce()
+    assert taking.nonce == MAX_NONCE  # (nothing taken by the refusal)

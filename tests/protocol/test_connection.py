@@ -466,7 +466,8 @@ def test_the_last_nonce_of_a_session_is_used_and_then_the_connection_ends() -> N
     for connection in (initiator, responder):  # (reaching 2**64 messages honestly takes long)
         cipher = connection._cipher
         assert cipher is not None
-        cipher.send_nonce = cipher.receive_nonce = 2**64 - 2
+        cipher.sending.set_nonce(2**64 - 2)
+        cipher.receiving.set_nonce(2**64 - 2)
     initiator.send(ack(1))
     assert frames_of(transfer(initiator, responder)) == [ack(1)]  # nonce 2**64-2: the last
     initiator.send(ack(2))
@@ -475,7 +476,7 @@ def test_the_last_nonce_of_a_session_is_used_and_then_the_connection_ends() -> N
     # and the receiving side refuses to open anything under the reserved nonce
     forged = wire(b"x" * 32)
     assert responder._cipher is not None
-    responder._cipher.receive_nonce = 2**64 - 1
+    responder._cipher.receiving.set_nonce(2**64 - 1)
     assert isinstance(terminated(responder.receive_data(forged, 0.0)).error, ProtocolError)
 
 
