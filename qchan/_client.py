@@ -50,7 +50,8 @@ class ClientOp(Waiter):
         endpoint: RemoteEndpoint,
         data: bytes | None,
     ) -> None:
-        super().__init__(op, index)
+        self.op = op  # (Waiter's fields, set here: this is made for every remote call)
+        self.index = index
         self.endpoint = endpoint
         self.data = data  # the encoded value of a send; None for a receive
         self.is_send = data is not None
@@ -134,14 +135,14 @@ class RemoteEndpoint:
 
     # --- the Endpoint interface -------------------------------------------------------------
 
-    def _check_usable(self) -> None:
-        if self.stale:
-            raise PeerLost(
-                f"the node hosting this channel ({self.peer.label}) restarted; look it up again"
-            )
+    def _stale(self) -> PeerLost:
+        return PeerLost(
+            f"the node hosting this channel ({self.peer.label}) restarted; look it up again"
+        )
 
     def poll_send(self, value: Any) -> bool:
-        self._check_usable()
+        if self.stale:
+            raise self._stale()
         if self.closed_hint:
             raise ChannelClosed("send on a closed channel")
         if self.window > self.next_seq and self.peer.session is not None:
@@ -158,13 +159,15 @@ class RemoteEndpoint:
         session.push(self, self.next_seq, data)
 
     def poll_receive(self) -> tuple[bool, Any, bool]:
-        self._check_usable()
+        if self.stale:
+            raise self._stale()
         if self.drained_hint:
             return True, None, False  # closed and drained stays so: nothing can be sent
         return NOT_READY
 
     def wait_send(self, op: Operation, index: int, value: Any) -> None:
-        self._check_usable()
+        if self.stale:
+            raise self._stale()
         client = ClientOp(op, index, self, self.peer.encode_value(value))
         op.waiters.append(client)
         if client.mode == Mode.PLAIN:
@@ -176,13 +179,15 @@ class RemoteEndpoint:
             self.peer.submit(client)
 
     def wait_receive(self, op: Operation, index: int) -> None:
-        self._check_usable()
+        if self.stale:
+            raise self._stale()
         client = ClientOp(op, index, self, None)
         op.waiters.append(client)
         self.peer.submit(client)
 
     def close(self) -> None:
-        self._check_usable()
+        if self.stale:
+            raise self._stale()
         if not self.closed_hint:
             self.peer.close_channel(self)
             self.shut()

@@ -124,11 +124,13 @@ class Session:
         client.op_id, client.session, client.status = op_id, self, SENT
         self.ops[op_id] = client
         endpoint = client.endpoint
-        self.ensure_open(endpoint)
+        chan = endpoint.ref.chan
+        if chan not in self.opened:
+            self.ensure_open(endpoint)
         if client.data is not None:
-            self.send([Kind.SEND, op_id, endpoint.ref.chan, client.mode, client.data])
+            self.send([Kind.SEND, op_id, chan, client.mode, client.data])
         else:
-            self.send([Kind.RECV, op_id, endpoint.ref.chan])
+            self.send([Kind.RECV, op_id, chan])
 
     def release(self, chan: int) -> None:
         """We hold the peer's channel ``chan`` no more."""

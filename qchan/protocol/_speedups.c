@@ -1,15 +1,21 @@
-/* The fast path of frame decoding: one transport message's plaintext -> its frames.
+/* The protocol's fast path: sealing transport messages, and opening and decoding them.
  *
- * qchan.protocol.frames.FrameDecoder is the reference and the only judge of what is wrong:
- * this module decodes the common case (whole frames of known kinds, each field of its schema's
- * type, in the encodings msgpack's Packer writes) and returns None for anything else, and the
- * Python decoder then decodes the message itself (a PART run, or an error to name precisely).
- * So this file never has to be right about errors, only about what it accepts: when it
- * returns a list, that list equals, value for value and type for type, what the Python decoder
- * returns for the same bytes (tests/protocol/test_speedups.py and the fuzz target check it).
+ * Decoding: one transport message's plaintext -> its frames. qchan.protocol.frames.FrameDecoder
+ * is the reference and the only judge of what is wrong: this module decodes the common case
+ * (whole frames of known kinds, each field of its schema's type, in the encodings msgpack's
+ * Packer writes) and returns None for anything else, and the Python decoder then decodes the
+ * message itself (a PART run, or an error to name precisely). So this file never has to be
+ * right about errors, only about what it accepts: when it returns a list, that list equals,
+ * value for value and type for type, what the Python decoder returns for the same bytes
+ * (tests/protocol/test_speedups.py and the fuzz targets check it).
  *
- * Why C: decoding and validating is about 0.4 us per frame in Python, which made it the
- * largest per-frame cost of a busy link; here it is a few tens of nanoseconds.
+ * Sealing and opening (below decode_frames): the same division of labour. A message that does
+ * not authenticate is left unconsumed for the reference path (qchan.crypto's CipherState), which
+ * raises; the cipher is libsodium's own, the one the reference calls.
+ *
+ * Why C: per message, the Python path spent about 2.4 us sealing and 2.5 us opening and
+ * decoding (wrappers around two libsodium calls, framing, copies); here it is well under a
+ * microsecond, and a remote rendezvous has one message each way.
  *
  * Safety: every read is bounds-checked against the end of the buffer before it happens; every
  * length comes from the message itself and is checked against what is left of it.
