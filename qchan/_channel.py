@@ -633,7 +633,8 @@ class SendChannel(_Handle, Generic[T]):
         op = Operation()
         endpoint.wait_send(op, 0, value)
         await op.wait()
-        op.result()
+        if op.error is not None:
+            op.result()  # raises it
 
     def send_nowait(self, value: T) -> None:
         """Send ``value`` if that needs no wait.

@@ -122,7 +122,8 @@ class Operation:
         if self.state == PENDING:
             self.state = CLAIMED
             self.index = index
-            self._withdraw_all_but(index)
+            if self.cases > 1:  # (a lone case has nothing else to withdraw)
+                self._withdraw_all_but(index)
             return True
         return self.state == CLAIMED and self.index == index
 
@@ -135,7 +136,8 @@ class Operation:
         ``error``, when given, is raised by the woken call instead of returning.
         """
         if self.state == PENDING:
-            self._withdraw_all_but(index)
+            if self.cases > 1:
+                self._withdraw_all_but(index)
         elif self.state != CLAIMED or self.index != index:
             return False
         self.state = DONE
@@ -143,7 +145,12 @@ class Operation:
         self.value = value
         self.ok = ok
         self.error = error
-        self._wake()
+        future = self._future  # (_wake, inline: this is every operation's path)
+        if future is not None:
+            if not future.done():
+                future.set_result(None)
+        elif self._trio_task is not None:
+            _trio_reschedule(self._trio_task)
         return True
 
     def withdraw(self) -> bool:

@@ -9,12 +9,11 @@ with the smaller public key carries new work, and the other is closed once idle.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import struct
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, final
 
 from qchan._channel import ChannelState
@@ -43,10 +42,10 @@ class Peer:
         "_op_ids",
         "address",
         "candidates",
-        "channel_encoder",
         "credit_accounts",
         "dialing",
         "discovered",
+        "encode_value",
         "endpoints",
         "incarnation",
         "key",
@@ -68,9 +67,9 @@ class Peer:
         self.node = node
         self.key = key
         self.address = address
-        # The codec's hook for channel handles in values sent to this peer (made once: this
-        # is on the path of every send).
-        self.channel_encoder = functools.partial(node.reference_for, self)
+        #: ``value``'s bytes for this peer (channel handles inside become references it can
+        #: use); TypeError/ValueError if it cannot be sent.
+        self.encode_value: Callable[[Any], bytes] = node.value_encoder(self)
         self.name = ""
         self.incarnation: bytes | None = None
         self.session: Session | None = None  # the link that carries new operations
@@ -156,9 +155,6 @@ class Peer:
             raise PeerLost(f"cannot close the channel: no connection to {self.label}")
         session.ensure_open(endpoint)
         session.send([Kind.CLOSE, endpoint.ref.chan])
-
-    def encode_value(self, value: Any) -> bytes:
-        return self.node.encode_value(value, self)
 
     def credit_account(self, chan: int, state: ChannelState | None) -> CreditAccount:
         account = self.credit_accounts.get(chan)

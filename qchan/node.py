@@ -21,6 +21,7 @@ fails with ``PeerLost`` once a dial has failed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -411,13 +412,19 @@ class Node:
 
     def encode_value(self, value: Any, peer: Peer) -> bytes:
         """``value``'s bytes for ``peer``; handles inside become references it can use."""
-        return _codec.encode(
-            value, channel_encoder=peer.channel_encoder, max_size=self._max_value_size
+        return peer.encode_value(value)
+
+    def value_encoder(self, peer: Peer) -> Callable[[Any], bytes]:
+        """:meth:`encode_value` for ``peer``, made once per peer: it is on every send's path."""
+        return functools.partial(
+            _codec.encode,
+            channel_encoder=functools.partial(self.reference_for, peer),
+            max_size=self._max_value_size,
         )
 
     def reference_for(self, peer: Peer, handle: _Handle) -> bytes:
         """The reference that stands for ``handle`` in a value sent to ``peer`` (the codec's
-        channel encoder; each peer holds it bound to itself, :attr:`Peer.channel_encoder`)."""
+        channel encoder)."""
         endpoint = handle._endpoint
         rights = _rights_of(handle)
         if isinstance(endpoint, ChannelState):

@@ -223,10 +223,14 @@ class Link:
     def _handle(self, events: list[Event]) -> None:
         for event in events:
             if type(event) is FramesReceived:
-                if self._on_frames is None:
+                on_frames = self._on_frames
+                if on_frames is None:
                     self._early += event.frames
-                else:
-                    self._deliver(event.frames)
+                    continue
+                try:  # (_deliver, inline: this is every read's path)
+                    on_frames(event.frames)
+                except Exception as exc:
+                    self._callback_failed("on_frames", exc)
             elif type(event) is HandshakeCompleted:
                 self.remote_key = event.remote_key
                 self.remote_hello = event.hello
