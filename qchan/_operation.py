@@ -209,23 +209,28 @@ class Operation:
             raise error
         return self.index, self.value, self.ok
 
-    async def wait(self) -> None:
-        """Sleep until the operation is done (see the module docstring for cancellation)."""
+    @types.coroutine
+    def wait(self) -> Generator[Any, Any, None]:
+        """Sleep until the operation is done (see the module docstring for cancellation).
+
+        (A generator-based coroutine, like :func:`checkpoint`: no coroutine frame of its own
+        between the call that blocks and the future it sleeps on.)
+        """
         if self.state == DONE:
             return
         if _library.name == "trio":
-            await _wait_trio(self)
+            yield from _wait_trio(self).__await__()
             return
         # asyncio (and uvloop), inline: this is the per-operation path.
         future = self._future = asyncio.get_running_loop().create_future()
         try:
-            await future
+            yield from future
             return
         except asyncio.CancelledError as exc:
             if self.withdraw():
                 raise
             cancellation = exc
-        await _see_claimed_case_through(self, cancellation)
+        yield from _see_claimed_case_through(self, cancellation).__await__()
 
     def _wake(self) -> None:
         future = self._future
