@@ -33,6 +33,7 @@ from qchan._operation import (
     PENDING,
     Operation,
     Waiter,
+    cancel_pending,
     cancel_shielded_checkpoint,
     checkpoint,
     checkpoint_if_cancelled,
@@ -626,7 +627,8 @@ class SendChannel(_Handle, Generic[T]):
             if endpoint.poll_send(value):
                 return
         else:
-            await checkpoint_if_cancelled()
+            if cancel_pending():
+                await checkpoint_if_cancelled()
             if endpoint.poll_send(value):
                 await cancel_shielded_checkpoint()
                 return
@@ -685,7 +687,8 @@ class ReceiveChannel(_Handle, Generic[T]):
             await checkpoint()
             ready, value, ok = endpoint.poll_receive()
         else:
-            await checkpoint_if_cancelled()
+            if cancel_pending():
+                await checkpoint_if_cancelled()
             ready, value, ok = endpoint.poll_receive()
             if ready:
                 await cancel_shielded_checkpoint()

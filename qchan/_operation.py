@@ -47,6 +47,7 @@ __all__ = [
     "WITHDRAWN",
     "Operation",
     "Waiter",
+    "cancel_pending",
     "cancel_shielded_checkpoint",
     "checkpoint",
     "checkpoint_if_cancelled",
@@ -288,24 +289,30 @@ async def _wait_trio(op: Operation) -> None:
 
 
 async def checkpoint_if_cancelled() -> None:
-    """Raise a pending cancellation, without letting other tasks run if there is none."""
+    """Raise a pending cancellation, without letting other tasks run if there is none.
+
+    (Callers on a hot path skip the call when :func:`cancel_pending` says no.)
+    """
     if _library.name == "trio":
         await _trio_checkpoint_if_cancelled()
-        return
-    if _anyio_task_states is not None and not _anyio_scope_cancelled(_anyio_task_states):
-        return
-    await anyio.lowlevel.checkpoint_if_cancelled()
+    elif cancel_pending():
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
 
-def _anyio_scope_cancelled(task_states: dict[Any, Any]) -> bool:
-    """Whether the current task is inside a cancelled anyio cancel scope (not shielded from it).
+def cancel_pending() -> bool:
+    """False if :func:`checkpoint_if_cancelled` surely has nothing to raise: on asyncio, no
+    anyio cancel scope around the current task is cancelled (or shielded from it).
 
     anyio's own test, read from its state directly: the public checkpoint finds the backend
     through sniffio and walks the scopes through properties, about 1.2 us on every remote
-    send; this is a third of that. It walks the same chain in the same order (a scope's own
+    send; this is a fifth of that. It walks the same chain in the same order (a scope's own
     cancellation counts before its shield). Only the answer "not cancelled" is taken from
-    here: when a scope is cancelled, anyio's public checkpoint does the raising.
+    here: when a scope is cancelled, anyio's public checkpoint does the raising. On trio, or
+    where anyio is laid out otherwise, the answer is True: the checkpoint decides.
     """
+    task_states = _anyio_task_states
+    if task_states is None or _library.name == "trio":
+        return True
     task = _current_task()
     state = task_states.get(_weakref(task)) if task is not None else None
     scope = state.cancel_scope if state is not None else None

@@ -18,6 +18,7 @@ from qchan._errors import PermissionDenied
 from qchan._operation import (
     PENDING,
     Operation,
+    cancel_pending,
     cancel_shielded_checkpoint,
     checkpoint_if_cancelled,
 )
@@ -132,7 +133,8 @@ async def select(
             )
     if not cases and not default:
         raise ValueError("select() with no cases and no default would wait forever")
-    await checkpoint_if_cancelled()
+    if cancel_pending():
+        await checkpoint_if_cancelled()
     order = _random_order(len(cases))
     for index in order:
         ready, value, ok = cases[index]._poll()
