@@ -217,21 +217,29 @@ class Operation:
         (A generator-based coroutine, like :func:`checkpoint`: no coroutine frame of its own
         between the call that blocks and the future it sleeps on.)
         """
-        if self.state == DONE:
-            return
-        if _library.name == "trio":
-            yield from _wait_trio(self).__await__()
-            return
-        # asyncio (and uvloop), inline: this is the per-operation path.
-        future = self._future = asyncio.get_running_loop().create_future()
         try:
-            yield from future
-            return
-        except asyncio.CancelledError as exc:
-            if self.withdraw():
-                raise
-            cancellation = exc
-        yield from _see_claimed_case_through(self, cancellation).__await__()
+            if self.state == DONE:
+                return
+            if _library.name == "trio":
+                yield from _wait_trio(self).__await__()
+                return
+            # asyncio (and uvloop), inline: this is the per-operation path.
+            future = self._future = asyncio.get_running_loop().create_future()
+            try:
+                yield from future
+                return
+            except asyncio.CancelledError as exc:
+                if self.withdraw():
+                    raise
+                cancellation = exc
+            yield from _see_claimed_case_through(self, cancellation).__await__()
+        finally:
+            # Over (done or withdrawn): nothing reaches the waiters through the operation any
+            # more. Dropping them breaks the operation <-> waiter cycles (and select's requeue
+            # closure), so both are freed at once by reference counting instead of waiting for
+            # the cyclic collector, which otherwise ran often enough to cost ~9% of a busy home.
+            self.waiters.clear()
+            self.requeue = None
 
     def _wake(self) -> None:
         future = self._future
