@@ -28,6 +28,7 @@ terminates with :class:`~qchan.PeerLost`.
 from __future__ import annotations
 
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -171,7 +172,12 @@ def _fast_cipher() -> tuple[SealMessage, OpenMessages] | None:
         from qchan.protocol import _speedups
     except ImportError:  # no compiler where qchan was installed: the pure-Python path only
         return None
-    _speedups.set_aead(*aead_addresses())
+    try:
+        addresses = aead_addresses()
+    except RuntimeError as exc:  # a PyNaCl whose libsodium binding is not what C expects
+        warnings.warn(f"qchan seals in Python only: {exc}", RuntimeWarning, stacklevel=2)
+        return None
+    _speedups.set_aead(*addresses)
     return _speedups.seal_message, _speedups.open_messages
 
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qchan import ProtocolError
-from qchan.protocol import FrameDecoder, Kind, frames
+from qchan.protocol import FrameDecoder, Kind, connection, frames
 from qchan.protocol.frames import SCHEMAS, Frame, encode_frame
 
 MAX_UINT = 2**64 - 1
@@ -56,6 +56,7 @@ def test_the_fast_path_is_built_and_in_use() -> None:
     module = speedups()
     assert frames._decode_fast is module.decode_frames
     assert FrameDecoder(LIMIT)._fast is module.decode_frames
+    assert (module.seal_message, module.open_messages) == connection._FAST
 
 
 # --- what it decodes, it decodes exactly ---------------------------------------------------
