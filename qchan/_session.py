@@ -315,7 +315,12 @@ class Session:
         except ProtocolError as exc:  # e.g. a type this node never registered
             self.send(error_frame(op_id, exc))
             return
-        if mode == Mode.PLAIN and not state.closed and state.poll_send(value):
+        if (
+            mode == Mode.PLAIN
+            and not state.closed
+            and op_id not in self.home_ops  # (else _admit refuses the id below)
+            and state.poll_send(value)
+        ):
             # Done at once, as a local send would be: a local receiver took it, or it went
             # into the buffer. (The common case of a busy channel: no waiter is made.)
             if op_id >= self._peer_ids_seen:

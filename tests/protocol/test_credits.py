@@ -19,7 +19,7 @@ from qchan._session import Session
 from qchan.protocol import Kind, Rights
 
 from ._helpers import CLUSTER_KEY, INITIATOR_KEY, RESPONDER_KEY
-from ._sessions import CHAN, Home, RecordingLink
+from ._sessions import CHAN, Home, RecordingLink, packed
 
 # credit_target(8) == 4 and credit_target(2) == 1 (checked in test_spec.py)
 
@@ -224,3 +224,17 @@ def test_a_sender_never_waits_on_a_channel_that_is_not_full_for_unused_credit() 
     with pytest.raises(WouldBlock):
         home.channel.send_nowait("full")  # now full, truly
     assert [home.channel.receive_nowait() for _ in range(3)] == ["v0", "local", "v1"]
+
+
+def test_a_plain_send_done_at_once_still_may_not_reuse_a_waiting_operations_id() -> None:
+    # A plain SEND that can complete at once (here: room in the buffer) makes no waiter at the
+    # home; its operation id must still not be one the peer has waiting there.
+    home = Home(8, Rights.SEND | Rights.RECEIVE)
+    home.open()
+    assert home.send(1, "a") == [[Kind.ACK, 1], [Kind.CREDIT, CHAN, 0, 4]]
+    assert home.says([Kind.RECV, 5, CHAN]) == [[Kind.DELIVER, 5, packed("a")]]
+    home.link.may_close = True
+    home.send(5, "b")  # operation 5 is the receive above, its delivery not yet answered
+    assert home.link.closed_for is not None
+    assert "already in use" in str(home.link.closed_for)
+    assert home.buffer() == []  # and the value was not taken in
