@@ -229,7 +229,7 @@ def test_a_sender_never_waits_on_a_channel_that_is_not_full_for_unused_credit() 
 def test_a_plain_send_done_at_once_still_may_not_reuse_a_waiting_operations_id() -> None:
     # A plain SEND that can complete at once (here: room in the buffer) makes no waiter at the
     # home; its operation id must still not be one the peer has waiting there.
-    home = Home(8, Rights.SEND | Rights.RECEIVE)
+    home = Home(8, Rights(Rights.SEND | Rights.RECEIVE))
     home.open()
     assert home.send(1, "a") == [[Kind.ACK, 1], [Kind.CREDIT, CHAN, 0, 4]]
     assert home.says([Kind.RECV, 5, CHAN]) == [[Kind.DELIVER, 5, packed("a")]]
