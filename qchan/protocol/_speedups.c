@@ -239,6 +239,24 @@ static int nonce_of(PyObject *object, uint64_t *out) {
     return 1;
 }
 
+/* What seal_message and open_messages both take first: `expected` arguments, of which the
+ * key and the nonce come first, and a cipher set up by set_aead. 0 with an exception if not. */
+static int cipher_arguments(const char *name, PyObject *const *args, Py_ssize_t nargs,
+                            Py_ssize_t expected, const void *function,
+                            const unsigned char **key, uint64_t *nonce) {
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected,
+                     nargs);
+        return 0;
+    }
+    if (function == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_aead() was not called");
+        return 0;
+    }
+    *key = key_of(args[0]);
+    return *key != NULL && nonce_of(args[1], nonce);
+}
+
 PyDoc_STRVAR(set_aead_doc,
 "set_aead(encrypt, decrypt, /)\n--\n\n"
 "The addresses of libsodium's crypto_aead_chacha20poly1305_ietf_encrypt and _decrypt.");
@@ -268,17 +286,10 @@ PyDoc_STRVAR(seal_message_doc,
 "an exhausted nonce (2**64-1) or a plaintext too long.");
 
 static PyObject *seal_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "seal_message() takes key, nonce and plaintext");
-        return NULL;
-    }
-    if (encrypt_fn == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "set_aead() was not called");
-        return NULL;
-    }
-    const unsigned char *key = key_of(args[0]);
+    const unsigned char *key;
     uint64_t n;
-    if (key == NULL || !nonce_of(args[1], &n)) return NULL;
+    if (!cipher_arguments("seal_message", args, nargs, 3, (const void *)encrypt_fn, &key, &n))
+        return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) return NULL;
     PyObject *message = NULL;
@@ -317,17 +328,10 @@ PyDoc_STRVAR(open_messages_doc,
 "the deferred one included; `offset` is where the next message begins.");
 
 static PyObject *open_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "open_messages() takes six arguments");
-        return NULL;
-    }
-    if (decrypt_fn == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "set_aead() was not called");
-        return NULL;
-    }
-    const unsigned char *key = key_of(args[0]);
+    const unsigned char *key;
     uint64_t n;
-    if (key == NULL || !nonce_of(args[1], &n)) return NULL;
+    if (!cipher_arguments("open_messages", args, nargs, 6, (const void *)decrypt_fn, &key, &n))
+        return NULL;
     Py_ssize_t offset = PyLong_AsSsize_t(args[3]);
     if (offset == -1 && PyErr_Occurred()) return NULL;
     PyObject *frames = args[4];

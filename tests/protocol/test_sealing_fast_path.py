@@ -15,7 +15,6 @@ fuzz target runs both side by side.)
 from __future__ import annotations
 
 import struct
-import tracemalloc
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from qchan.crypto.noise import MAX_NONCE, CipherState
 from qchan.protocol import FrameDecoder, Kind
 from qchan.protocol.frames import SCHEMAS, Frame, encode_frame
 
-from .test_speedups import speedups
+from .test_speedups import bytes_kept_by, speedups
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -247,12 +246,5 @@ def test_opening_and_handing_back_leak_nothing() -> None:
             for stream in streams:
                 open_messages(KEY, 0, stream, 0, [], FIRST_NODE_KIND)
 
-    churn()  # (warm up)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        churn()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = bytes_kept_by(churn)
     assert grown < 50_000, f"{grown} bytes kept after 4,000 openings"
