@@ -149,7 +149,7 @@ class Link:
         self._on_closed = on_closed
         early, self._early = self._early, []
         if early:
-            self._deliver(early)
+            self._handle([FramesReceived(early)])
         if self._error is not None and self._on_closed is not None:
             self._call_on_closed()
 
@@ -227,7 +227,7 @@ class Link:
                 if on_frames is None:
                     self._early += event.frames
                     continue
-                try:  # (_deliver, inline: this is every read's path)
+                try:
                     on_frames(event.frames)
                 except Exception as exc:
                     self._callback_failed("on_frames", exc)
@@ -241,12 +241,6 @@ class Link:
             elif type(event) is ConnectionTerminated:
                 self._end(self._handshake_error(event.error, None))
             # GoawayReceived: its ConnectionTerminated follows, with the peer's text.
-
-    def _deliver(self, frames: list[Frame]) -> None:
-        try:
-            self._on_frames(frames)  # type: ignore[misc]
-        except Exception as exc:
-            self._callback_failed("on_frames", exc)
 
     def _on_deadline(self, now: float) -> float | None:
         """The timer fired: ping, give up on a silent peer or a slow handshake; next deadline."""
