@@ -9,6 +9,7 @@ protocol does ~47k round trips/s where an anyio stream does 6-8k.)
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Final, cast
 
 from qchan._errors import QchanError
@@ -32,6 +33,9 @@ _BACKLOG: Final = 256
 _BUSY: Final = 20e-6  # a link flushed this recently is streaming (a round trip takes longer)
 _MAX_DEFERRALS: Final = 32
 _COALESCE_BYTES: Final = 32 * 1024
+# The clock those 20 us are read on. Not loop.time(): uvloop's ticks in milliseconds, which
+# made almost every flush look "recent" and deferred each request by two turns of the loop.
+_flush_clock: Final = time.perf_counter
 
 
 class ProtocolLink(Link, asyncio.Protocol):
@@ -128,10 +132,10 @@ class ProtocolLink(Link, asyncio.Protocol):
         # make asyncio log "socket.send() raised exception." for each write.)
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
-            self._last_flush = self._loop.time()
+            self._last_flush = _flush_clock()
 
     def _flush_later(self) -> None:
-        if self._loop.time() - self._last_flush >= _BUSY:
+        if _flush_clock() - self._last_flush >= _BUSY:
             # A quiet link (a request, not a stream): write now, saving the latency of a turn.
             # Frames queued later in this turn follow in the next flush.
             self._flush()

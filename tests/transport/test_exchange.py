@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,23 @@ async def test_many_frames_in_one_turn_arrive_in_order_and_coalesced() -> None:
         assert [frame[1] for frame in inbox.frames] == list(range(2000))
         # ~60 KB written at once: a few reads, not one per frame
         assert inbox.calls <= 10, inbox.calls
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+)
+async def test_a_request_on_a_quiet_link_is_written_at_once(anyio_backend: Any) -> None:
+    # A link idle for longer than a round trip writes a frame during send() itself: a
+    # request waits for no turn of the loop. "Idle" is judged on a clock finer than uvloop's
+    # loop.time() (whole milliseconds), which once made such requests wait two turns.
+    async with Transport() as transport:
+        listener = await listen(transport, on_link=Server())
+        link = await connect(transport, listener.address)
+        link.start(lambda frames: None, lambda error: None)
+        for op in range(20):
+            time.sleep(0.0002)  # noqa: ASYNC251 - quiet 200 us: past the busy window, within 1 ms
+            link.send([Kind.RECV, op, 7])
+            assert link._conn.queued_bytes() == 0, f"request {op} was left for a later turn"
 
 
 @pytest.mark.parametrize("size", [65_536, 300_000, 2_000_000])
