@@ -59,6 +59,7 @@ def _node(p: Params, name: str, peers: tuple[str, ...] = ()) -> qchan.Node:
         listen="127.0.0.1:0",
         peers=list(peers),
         peer_timeout=peer_timeout,
+        busy_poll=p["busy_poll"],
     )
 
 
@@ -505,6 +506,7 @@ class Bench:
             "timeout": args.timeout,
             "warmup": args.warmup,
             "duration": args.duration,
+            "busy_poll": args.busy_poll,
         }
         self.lines: list[Line] = []
         self.cpu: dict[str, tuple[float, float]] = {}
@@ -807,6 +809,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=_rows, default=[1, 2, 3, 4, 5], help="e.g. 1,2,3")
     parser.add_argument("--loop", choices=("uvloop", "asyncio", "trio"), default="uvloop")
     parser.add_argument("--duration", type=float, default=1.0, help="seconds measured per round")
+    parser.add_argument(
+        "--busy-poll",
+        type=float,
+        default=qchan.node.DEFAULT_BUSY_POLL,
+        help="qchan nodes' busy_poll in seconds (0: off)",
+    )
     parser.add_argument("--warmup", type=float, default=0.3, help="seconds before measuring")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per system (best kept)")
     parser.add_argument("--count", type=int, default=200_000, help="row 3: values streamed")

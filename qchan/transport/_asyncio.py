@@ -4,11 +4,15 @@
 during a turn are written by one ``loop.call_soon`` flush; the heartbeat is one ``call_at``
 handle, re-armed from ``Connection.next_deadline()`` only when it fires. (DESIGN.md: a raw
 protocol does ~47k round trips/s where an anyio stream does 6-8k.)
+
+A :class:`BusyPoller` keeps the loop polling, rather than sleeping, for a moment after each
+read and write (see there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Final, cast
 
@@ -26,16 +30,71 @@ from qchan.transport._sockets import (
     sock_text,
 )
 
-__all__ = ["connect", "listen"]
+__all__ = ["BusyPoller", "connect", "listen"]
 
 _BACKLOG: Final = 256
 # Flush coalescing (see ProtocolLink._flush_when_quiet).
-_BUSY: Final = 20e-6  # a link flushed this recently is streaming (a round trip takes longer)
+_BUSY: Final = 20e-6  # a link flushed this recently, with nothing read since, is streaming
 _MAX_DEFERRALS: Final = 32
 _COALESCE_BYTES: Final = 32 * 1024
-# The clock those 20 us are read on. Not loop.time(): uvloop's ticks in milliseconds, which
-# made almost every flush look "recent" and deferred each request by two turns of the loop.
-_flush_clock: Final = time.perf_counter
+# The clock for those 20 us and for busy polling. Not loop.time(): uvloop's ticks in whole
+# milliseconds, which made almost every flush look "recent" (each request then waited two turns).
+_clock: Final = time.perf_counter
+_yield_cpu: Final = os.sched_yield
+
+
+class BusyPoller:
+    """Keeps an event loop polling its sockets, instead of sleeping, while messages flow.
+
+    On a request/response exchange each side would otherwise put its process to sleep after
+    every write and be woken by the answer. That wake-up (an interrupt to another CPU, on a
+    virtual machine an exit to the hypervisor, then caches gone cold) cost more than all of
+    qchan's own work per round trip: ~40% of a remote rendezvous on the machine the figures
+    in docs/benchmarks.md come from. Go's runtime does the same, spinning briefly before it
+    parks a thread.
+
+    Polling starts only when a read comes within ``window`` of the previous read or write of
+    any link of the loop (messages are flowing: the next one is likely as close), and lasts
+    ``window`` past the last of them; each turn of it yields the CPU to any other runnable
+    process. A lone request therefore costs no polling at all, and nor does it make the
+    kernel queue the woken peer behind a polling process (a local TCP write hints that the
+    writer is about to sleep, so the reader is woken on the writer's CPU). The cost is CPU,
+    bounded: at most ``window`` of polling after each message; an idle node sleeps as before.
+    """
+
+    __slots__ = ("_last_io", "_loop", "_polling", "_until", "window")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: float) -> None:
+        self._loop = loop
+        self.window = window
+        self._last_io = 0.0
+        self._until = 0.0
+        self._polling = False
+
+    def read(self) -> None:
+        """A link read: poll for ``window`` more if messages are flowing."""
+        now = _clock()
+        if now - self._last_io < self.window:
+            self._until = now + self.window
+            if not self._polling:
+                self._polling = True
+                self._loop.call_soon(self._poll)
+        self._last_io = now
+
+    def wrote(self) -> None:
+        """A link wrote: an answer may follow (polling, if on, goes on for it)."""
+        now = self._last_io = _clock()
+        if self._polling:
+            self._until = now + self.window
+
+    def _poll(self) -> None:
+        # A callback that is always ready makes the loop poll its selector with no timeout;
+        # what arrives meanwhile is handled at once, by the loop's ordinary turn.
+        if _clock() < self._until:
+            _yield_cpu()
+            self._loop.call_soon(self._poll)
+        else:
+            self._polling = False
 
 
 class ProtocolLink(Link, asyncio.Protocol):
@@ -46,7 +105,9 @@ class ProtocolLink(Link, asyncio.Protocol):
         "_linger",
         "_listener",
         "_loop",
+        "_poller",
         "_queued_seen",
+        "_read_since_flush",
         "_registry",
         "_timer",
         "_timer_when",
@@ -59,12 +120,15 @@ class ProtocolLink(Link, asyncio.Protocol):
         params: Params,
         *,
         registry: set[Link],
+        poller: BusyPoller | None,
         listener: ProtocolListener | None = None,
         waiter: Any,
     ) -> None:
         super().__init__(params, initiator=listener is None, waiter=waiter)
         self._loop = loop
         self._registry = registry
+        self._poller = poller
+        self._read_since_flush = False
         self._listener = listener
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -100,7 +164,10 @@ class ProtocolLink(Link, asyncio.Protocol):
         self._rearm_timer()
 
     def data_received(self, data: bytes) -> None:
+        self._read_since_flush = True
         self._feed(data, self._loop.time())
+        if self._poller is not None:
+            self._poller.read()
 
     def eof_received(self) -> bool:
         self._lost(None)
@@ -132,12 +199,16 @@ class ProtocolLink(Link, asyncio.Protocol):
         # make asyncio log "socket.send() raised exception." for each write.)
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
-            self._last_flush = _flush_clock()
+            self._last_flush = _clock()
+            self._read_since_flush = False
+            if self._poller is not None:
+                self._poller.wrote()
 
     def _flush_later(self) -> None:
-        if _flush_clock() - self._last_flush >= _BUSY:
-            # A quiet link (a request, not a stream): write now, saving the latency of a turn.
-            # Frames queued later in this turn follow in the next flush.
+        if self._read_since_flush or _clock() - self._last_flush >= _BUSY:
+            # A request: the first frame after an answer came in, or on a quiet link. Write
+            # now, saving the latency of a turn; frames queued later in this turn follow in
+            # the next flush.
             self._flush()
             return
         self._deferrals = 0
@@ -229,7 +300,12 @@ class ProtocolListener(Listener):
 
 
 async def listen(
-    address: Address, params: Params, on_link: OnLink, max_half_open: int, registry: set[Link]
+    address: Address,
+    params: Params,
+    on_link: OnLink,
+    max_half_open: int,
+    registry: set[Link],
+    poller: BusyPoller | None,
 ) -> Listener:
     loop = asyncio.get_running_loop()
     listener = ProtocolListener(params, on_link, max_half_open)
@@ -239,6 +315,7 @@ async def listen(
             loop,
             listener.params,  # (the node may update the hello once the address is known)
             registry=registry,
+            poller=poller,
             listener=listener,
             waiter=listener._handshake_finished,
         )
@@ -259,7 +336,9 @@ async def listen(
     return listener
 
 
-async def connect(address: Address, params: Params, registry: set[Link]) -> Link:
+async def connect(
+    address: Address, params: Params, registry: set[Link], poller: BusyPoller | None
+) -> Link:
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[QchanError | None] = loop.create_future()
 
@@ -267,7 +346,7 @@ async def connect(address: Address, params: Params, registry: set[Link]) -> Link
         if not outcome.done():
             outcome.set_result(error)
 
-    link = ProtocolLink(loop, params, registry=registry, waiter=waiter)
+    link = ProtocolLink(loop, params, registry=registry, poller=poller, waiter=waiter)
     link.remote_address = str(address)
     try:
         async with asyncio.timeout(params.config.handshake_timeout):

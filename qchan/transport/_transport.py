@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Final, final
 
@@ -38,13 +39,25 @@ class Transport:
     Leaving the ``async with`` (or :meth:`aclose`) closes every listener, says GOAWAY on every
     link still open and waits (at most a few seconds) until all sockets are closed and all
     tasks have ended. ``streams=True`` uses the anyio-stream backend even on asyncio (for
-    comparisons and tests; it is slower).
+    comparisons and tests; it is slower). ``busy_poll`` (seconds; asyncio and uvloop) keeps
+    the loop polling that long after each read or write (:class:`._asyncio.BusyPoller`).
     """
 
-    __slots__ = ("_closed", "_links", "_listeners", "_protocol", "_streams", "_tasks")
+    __slots__ = (
+        "_busy_poll",
+        "_closed",
+        "_links",
+        "_listeners",
+        "_poller",
+        "_protocol",
+        "_streams",
+        "_tasks",
+    )
 
-    def __init__(self, *, streams: bool = False) -> None:
+    def __init__(self, *, streams: bool = False, busy_poll: float = 0.0) -> None:
         self._streams = streams
+        self._busy_poll = busy_poll
+        self._poller: _asyncio.BusyPoller | None = None
         self._protocol = False
         self._tasks: anyio.abc.TaskGroup | None = None
         self._links: set[Link] = set()
@@ -55,6 +68,8 @@ class Transport:
         if not self._closed or self._listeners:
             raise RuntimeError("a Transport is entered once")
         self._protocol = sniffio.current_async_library() == "asyncio" and not self._streams
+        if self._protocol and self._busy_poll > 0:
+            self._poller = _asyncio.BusyPoller(asyncio.get_running_loop(), self._busy_poll)
         if not self._protocol:
             tasks = anyio.create_task_group()
             await tasks.__aenter__()
@@ -129,7 +144,9 @@ class Transport:
         where = parse_address(address) if isinstance(address, str) else address
         params = Params(key, cluster_key, hello, trusted, None, config)
         if self._protocol:
-            listener = await _asyncio.listen(where, params, on_link, max_half_open, self._links)
+            listener = await _asyncio.listen(
+                where, params, on_link, max_half_open, self._links, self._poller
+            )
         else:
             assert self._tasks is not None
             listener = await _streams.listen(
@@ -162,6 +179,6 @@ class Transport:
         where = parse_address(address) if isinstance(address, str) else address
         params = Params(key, cluster_key, hello, trusted, expected_remote_key, config)
         if self._protocol:
-            return await _asyncio.connect(where, params, self._links)
+            return await _asyncio.connect(where, params, self._links, self._poller)
         assert self._tasks is not None
         return await _streams.connect(where, params, self._links, self._tasks)

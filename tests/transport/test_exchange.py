@@ -137,6 +137,24 @@ async def test_a_request_on_a_quiet_link_is_written_at_once(anyio_backend: Any) 
             assert link._conn.queued_bytes() == 0, f"request {op} was left for a later turn"
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("read_since", [True, False])
+async def test_a_frame_after_a_read_is_written_at_once_a_stream_is_coalesced(
+    anyio_backend: str, read_since: bool
+) -> None:
+    # Just flushed: with nothing read since, the link is streaming and the frame waits a
+    # turn for others to join it; with an answer read since, it is the next request.
+    async with Transport() as transport:
+        listener = await listen(transport, on_link=Server())
+        link = await connect(transport, listener.address)
+        link.start(lambda frames: None, lambda error: None)
+        link._last_flush = time.perf_counter()  # type: ignore[attr-defined]
+        link._read_since_flush = read_since  # type: ignore[attr-defined]
+        link.send([Kind.RECV, 1, 7])
+        assert (link._conn.queued_bytes() == 0) is read_since
+        await wait_for(lambda: link._conn.queued_bytes() == 0)  # (and a stream's goes soon)
+
+
 @pytest.mark.parametrize("size", [65_536, 300_000, 2_000_000])
 async def test_frame_larger_than_a_message_arrives_intact(size: int) -> None:
     value = os.urandom(size)
