@@ -102,7 +102,9 @@ def run_backend(function: Callable[..., Any], *args: Any, backend: str) -> Any:
 
 async def worker_main(args: argparse.Namespace) -> None:
     key = qchan.ClusterKey.from_bytes(bytes.fromhex(args.cluster_key_hex))
-    async with qchan.Node(cluster_key=key, name=args.name, peers=[args.peer]) as node:
+    async with qchan.Node(
+        cluster_key=key, name=args.name, peers=[args.peer], busy_poll=args.busy_poll
+    ) as node:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(serve_worker, node, handle, "bench.workers", args.slots)
             await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
@@ -131,6 +133,7 @@ class Workers:
             *("--name", f"worker-{n}", "--peer", address),
             *("--cluster-key-hex", bytes(key).hex()),
             *("--slots", str(args.slots), "--backend", args.backend),
+            *("--busy-poll", str(args.busy_poll)),
         ]
 
     def __enter__(self) -> Workers:
@@ -151,7 +154,7 @@ class Workers:
 async def measure_qchan(args: argparse.Namespace, kinds: list[str]) -> dict[str, float]:
     key = qchan.ClusterKey.generate()
     rates: dict[str, float] = {}
-    async with qchan.Node(cluster_key=key, name="bench") as node:
+    async with qchan.Node(cluster_key=key, name="bench", busy_poll=args.busy_poll) as node:
         async with WorkerPool(node, registry="bench.workers", lookup_timeout=0.1) as pool:
             with Workers(args.workers, node.address, key, args):
                 with anyio.fail_after(START_TIMEOUT):
@@ -216,6 +219,12 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=4, help="slots per qchan worker")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--no-ray", action="store_true", help="leave Ray out")
+    parser.add_argument(
+        "--busy-poll",
+        type=float,
+        default=qchan.node.DEFAULT_BUSY_POLL,
+        help="qchan nodes' busy_poll in seconds (0: off)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)

@@ -155,7 +155,7 @@ class Node:
     ``busy_poll`` (seconds, default 50 us; 0 turns it off; asyncio and uvloop only): after
     each message sent or received, the node's event loop keeps polling its sockets this long
     instead of letting the process sleep, so that an answer arriving meanwhile is read without
-    waking the process. Remote round trips get up to 1.5x faster for at most that much CPU
+    waking the process. Remote round trips get up to 1.7x faster for at most that much CPU
     time after each message; an idle node sleeps as before (docs/guide.md, "Performance").
     """
 

@@ -41,6 +41,11 @@ _COALESCE_BYTES: Final = 32 * 1024
 # milliseconds, which made almost every flush look "recent" (each request then waited two turns).
 _clock: Final = time.perf_counter
 _yield_cpu: Final = os.sched_yield
+# Busy polling backs off for _BACK_OFF when yielding the CPU took longer than _CONTENDED: a
+# yield nobody takes returns in about a microsecond; one that lets another process run, after
+# that process's turn.
+_CONTENDED: Final = 20e-6
+_BACK_OFF: Final = 0.01
 
 
 class BusyPoller:
@@ -55,26 +60,31 @@ class BusyPoller:
 
     Polling starts only when a read comes within ``window`` of the previous read or write of
     any link of the loop (messages are flowing: the next one is likely as close), and lasts
-    ``window`` past the last of them; each turn of it yields the CPU to any other runnable
-    process. A lone request therefore costs no polling at all, and nor does it make the
-    kernel queue the woken peer behind a polling process (a local TCP write hints that the
-    writer is about to sleep, so the reader is woken on the writer's CPU). The cost is CPU,
-    bounded: at most ``window`` of polling after each message; an idle node sleeps as before.
+    ``window`` past the last of them. A lone request therefore costs no polling at all, and
+    nor does it make the kernel queue the woken peer behind a polling process (a local TCP
+    write hints that the writer is about to sleep, so the reader is woken on the writer's CPU).
+
+    Each turn of the poll yields the CPU to any other runnable process. If that yield takes
+    long, the CPU was wanted (more busy processes than CPUs, where polling only takes time
+    from the processes doing the work): polling then stops and does not start again for
+    :data:`_BACK_OFF`. The cost is CPU, bounded: at most ``window`` of polling after each
+    message, on a CPU nobody else wants; an idle node sleeps as before.
     """
 
-    __slots__ = ("_last_io", "_loop", "_polling", "_until", "window")
+    __slots__ = ("_last_io", "_loop", "_polling", "_quiet_until", "_until", "window")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, window: float) -> None:
         self._loop = loop
         self.window = window
         self._last_io = 0.0
         self._until = 0.0
+        self._quiet_until = 0.0  # (backing off: the CPU is wanted elsewhere)
         self._polling = False
 
     def read(self) -> None:
         """A link read: poll for ``window`` more if messages are flowing."""
         now = _clock()
-        if now - self._last_io < self.window:
+        if now - self._last_io < self.window and now >= self._quiet_until:
             self._until = now + self.window
             if not self._polling:
                 self._polling = True
@@ -90,11 +100,14 @@ class BusyPoller:
     def _poll(self) -> None:
         # A callback that is always ready makes the loop poll its selector with no timeout;
         # what arrives meanwhile is handled at once, by the loop's ordinary turn.
-        if _clock() < self._until:
+        now = _clock()
+        if now < self._until:
             _yield_cpu()
-            self._loop.call_soon(self._poll)
-        else:
-            self._polling = False
+            if _clock() - now < _CONTENDED:
+                self._loop.call_soon(self._poll)
+                return
+            self._quiet_until = now + _BACK_OFF  # another process ran: it needs this CPU
+        self._polling = False
 
 
 class ProtocolLink(Link, asyncio.Protocol):
@@ -165,9 +178,9 @@ class ProtocolLink(Link, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._read_since_flush = True
-        self._feed(data, self._loop.time())
         if self._poller is not None:
-            self._poller.read()
+            self._poller.read()  # (first: what this read makes us write is not a message flow)
+        self._feed(data, self._loop.time())
 
     def eof_received(self) -> bool:
         self._lost(None)

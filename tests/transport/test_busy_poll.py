@@ -1,4 +1,5 @@
-"""Busy polling (asyncio and uvloop): only while messages flow, never longer than its window."""
+"""Busy polling (asyncio and uvloop): only while messages flow, never longer than its window,
+and not at all while other processes want the CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from qchan.protocol import Kind
-from qchan.transport import Transport
+from qchan.transport import Transport, _asyncio
 from qchan.transport._asyncio import BusyPoller
 
 from ._helpers import Server, connect, listen, wait_for
@@ -18,6 +19,12 @@ pytestmark = pytest.mark.anyio
 
 BACKENDS = ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
 WINDOW = 0.005
+
+
+@pytest.fixture
+def uncontended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy test machine must not look like contention to the tests of the window."""
+    monkeypatch.setattr(_asyncio, "_CONTENDED", 10.0)
 
 
 def polling(poller: BusyPoller) -> bool:
@@ -35,7 +42,7 @@ async def turns_polled(poller: BusyPoller, within: float) -> int:
 
 
 @pytest.mark.parametrize("anyio_backend", BACKENDS)
-async def test_a_lone_read_does_not_poll(anyio_backend: Any) -> None:
+async def test_a_lone_read_does_not_poll(anyio_backend: Any, uncontended: None) -> None:
     poller = BusyPoller(asyncio.get_running_loop(), WINDOW)
     poller.read()
     assert not polling(poller)
@@ -47,7 +54,9 @@ async def test_a_lone_read_does_not_poll(anyio_backend: Any) -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", BACKENDS)
-async def test_reads_that_follow_closely_poll_for_the_window_then_stop(anyio_backend: Any) -> None:
+async def test_reads_that_follow_closely_poll_for_the_window_then_stop(
+    anyio_backend: Any, uncontended: None
+) -> None:
     poller = BusyPoller(asyncio.get_running_loop(), WINDOW)
     poller.wrote()
     started = time.perf_counter()
@@ -61,7 +70,7 @@ async def test_reads_that_follow_closely_poll_for_the_window_then_stop(anyio_bac
 
 
 @pytest.mark.parametrize("anyio_backend", BACKENDS)
-async def test_writes_while_polling_extend_it(anyio_backend: Any) -> None:
+async def test_writes_while_polling_extend_it(anyio_backend: Any, uncontended: None) -> None:
     poller = BusyPoller(asyncio.get_running_loop(), WINDOW)
     poller.wrote()
     poller.read()
@@ -76,22 +85,61 @@ async def test_writes_while_polling_extend_it(anyio_backend: Any) -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", BACKENDS)
-async def test_a_links_reads_and_writes_drive_its_transports_poller(anyio_backend: Any) -> None:
+async def test_polling_backs_off_when_another_process_wants_the_cpu(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A yield that takes long is another process running on this CPU: stop, stay off a while.
+    monkeypatch.setattr(_asyncio, "_yield_cpu", lambda: time.sleep(0.001))
+    monkeypatch.setattr(_asyncio, "_BACK_OFF", 0.05)
+    poller = BusyPoller(asyncio.get_running_loop(), 1.0)  # (a window that would last)
+    poller.wrote()
+    poller.read()
+    assert polling(poller)
+    assert await turns_polled(poller, within=0.5) <= 2  # the first contended turn ends it
+    assert not polling(poller)
+    poller.wrote()
+    poller.read()  # messages flow, but the CPU was wanted a moment ago: still off
+    assert not polling(poller)
+    time.sleep(0.06)  # noqa: ASYNC251 - past the back-off
+    poller.read()
+    assert polling(poller)
+    monkeypatch.setattr(_asyncio, "_yield_cpu", lambda: None)
+    poller.window = 0.0  # (end it)
+    await turns_polled(poller, within=0.5)
+
+
+class RecordingPoller(BusyPoller):
+    __slots__ = ("calls",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, window: float) -> None:
+        super().__init__(loop, window)
+        self.calls: list[str] = []
+
+    def read(self) -> None:
+        self.calls.append("read")
+        super().read()
+
+    def wrote(self) -> None:
+        self.calls.append("wrote")
+        super().wrote()
+
+
+@pytest.mark.parametrize("anyio_backend", BACKENDS)
+async def test_every_read_and_write_of_a_link_reaches_the_poller(anyio_backend: Any) -> None:
     server = Server(on_frame=lambda link, frame: link.send([Kind.ACK, frame[1]]))
     async with Transport(busy_poll=WINDOW) as transport:
-        poller = transport._poller
-        assert poller is not None
+        assert transport._poller is not None
+        poller = transport._poller = RecordingPoller(asyncio.get_running_loop(), WINDOW)
         listener = await listen(transport, on_link=server)
         link = await connect(transport, listener.address)
         acks: list[int] = []
         link.start(lambda frames: acks.extend(f[1] for f in frames), lambda error: None)
+        await wait_for(lambda: server.links)
         await turns_polled(poller, within=1.0)  # (the handshake's messages)
-        time.sleep(2 * WINDOW)  # noqa: ASYNC251 - quiet
-        link.send([Kind.RECV, 1, 7])  # answered at once: messages flow
+        poller.calls.clear()
+        link.send([Kind.RECV, 1, 7])  # both links share the poller: their four I/Os, in order
         await wait_for(lambda: acks == [1])
-        assert polling(poller)
-        assert await turns_polled(poller, within=1.0) > 0
-        assert not polling(poller)
+        assert poller.calls == ["wrote", "read", "wrote", "read"]
 
 
 async def test_off_means_no_poller() -> None:
