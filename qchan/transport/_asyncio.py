@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 from qchan._errors import QchanError
@@ -40,7 +41,8 @@ _COALESCE_BYTES: Final = 32 * 1024
 # The clock for those 20 us and for busy polling. Not loop.time(): uvloop's ticks in whole
 # milliseconds, which made almost every flush look "recent" (each request then waited two turns).
 _clock: Final = time.perf_counter
-_yield_cpu: Final = os.sched_yield
+# (sched_yield is POSIX; elsewhere a zero sleep is the way to offer the CPU.)
+_yield_cpu: Final[Callable[[], None]] = getattr(os, "sched_yield", lambda: time.sleep(0))
 # Busy polling backs off for _BACK_OFF when yielding the CPU took longer than _CONTENDED: a
 # yield nobody takes returns in about a microsecond; one that lets another process run, after
 # that process's turn.
