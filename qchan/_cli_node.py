@@ -33,12 +33,13 @@ from qchan._cli_common import (
     logging_to_stderr,
     node_key_from,
     run_async,
+    seconds,
     until_signalled,
 )
 from qchan._cli_run import ChannelSpec, RunTarget, import_target, parse_channel, parse_run
 from qchan._cli_service import serve_peer_queries
 from qchan._errors import AuthenticationError, QchanError
-from qchan.node import Node
+from qchan.node import DEFAULT_BUSY_POLL, MAX_BUSY_POLL, Node
 
 __all__ = ["DEFAULT_LISTEN", "add_node_parser", "node_start"]
 
@@ -122,8 +123,24 @@ def add_node_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         default=[],
         help="run `await FUNCTION(node)` in the node; repeatable (they run concurrently)",
     )
+    start.add_argument(
+        "--busy-poll",
+        metavar="SECONDS",
+        type=_busy_poll,
+        default=DEFAULT_BUSY_POLL,
+        help="while messages flow, keep polling this long after each one instead of sleeping:"
+        f" faster round trips for CPU time (default: {DEFAULT_BUSY_POLL:g}; 0: off; at most"
+        f" {MAX_BUSY_POLL:g}; asyncio only)",
+    )
     add_node_options(start, client=False)
     start.set_defaults(command=node_start)
+
+
+def _busy_poll(text: str) -> float:
+    value = seconds(text)
+    if value > MAX_BUSY_POLL:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BUSY_POLL:g} seconds: {text!r}")
+    return value
 
 
 def node_start(args: argparse.Namespace) -> int:
@@ -147,6 +164,7 @@ def node_start(args: argparse.Namespace) -> int:
             listen=listen,
             peers=peers,
             discovery=not args.no_discovery,
+            busy_poll=args.busy_poll,
         )
     except ValueError as exc:
         raise CliError(str(exc), USAGE) from None

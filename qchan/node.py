@@ -120,14 +120,14 @@ class PeerInfo:
 #: Seconds a node's loop keeps polling after a message (see Node). A round trip between two
 #: qchan processes on one machine takes ~25-40 us, so 50 us covers the wait for an answer.
 DEFAULT_BUSY_POLL: Final = 50e-6
-_MAX_BUSY_POLL: Final = 0.01  # beyond this, polling only burns CPU: refused
+MAX_BUSY_POLL: Final = 0.01  # beyond this, polling only burns CPU: refused
 
 
 def _check_busy_poll(busy_poll: object) -> float:
     if isinstance(busy_poll, bool) or not isinstance(busy_poll, int | float):
         raise TypeError(f"busy_poll must be a number of seconds, not {type(busy_poll).__name__}")
-    if not 0 <= busy_poll <= _MAX_BUSY_POLL:
-        raise ValueError(f"busy_poll must be between 0 and {_MAX_BUSY_POLL} seconds")
+    if not 0 <= busy_poll <= MAX_BUSY_POLL:
+        raise ValueError(f"busy_poll must be between 0 and {MAX_BUSY_POLL} seconds")
     return float(busy_poll)
 
 

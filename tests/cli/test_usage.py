@@ -272,6 +272,8 @@ def test_an_address_in_use(capsys: pytest.CaptureFixture[str], keys: Keys) -> No
         (["send", "jobs", "1", "--timeout", "soon"], "not a number of seconds"),
         (["peers", "--wait", "-2"], "seconds must be >= 0"),
         (["node", "start", "--backend", "curio"], "invalid choice: 'curio'"),
+        (["node", "start", "--busy-poll", "-1"], "seconds must be >= 0"),
+        (["node", "start", "--busy-poll", "0.5"], "--busy-poll: at most 0.01 seconds: '0.5'"),
         (["send", "jobs"], "the following arguments are required: VALUE"),
     ],
 )
