@@ -152,11 +152,12 @@ class Node:
     See API.md "Nodes and remote channels". Arguments are checked at once: a wrong type is a
     ``TypeError``, an unusable value (a bad address) a ``ValueError``.
 
-    ``busy_poll`` (seconds, default 50 us; 0 turns it off; asyncio and uvloop only): after
-    each message sent or received, the node's event loop keeps polling its sockets this long
+    ``busy_poll`` (seconds, default 50 us; 0 turns it off; asyncio and uvloop only): while
+    messages flow, the node's event loop keeps polling its sockets this long after each one
     instead of letting the process sleep, so that an answer arriving meanwhile is read without
     waking the process. Remote round trips get up to 1.7x faster for at most that much CPU
-    time after each message; an idle node sleeps as before (docs/guide.md, "Performance").
+    time after each message; a lone request and an idle node cost nothing, and polling backs
+    off while other processes want the CPU (docs/guide.md, "Performance: busy polling").
     """
 
     def __init__(

@@ -5,8 +5,8 @@ during a turn are written by one ``loop.call_soon`` flush; the heartbeat is one 
 handle, re-armed from ``Connection.next_deadline()`` only when it fires. (DESIGN.md: a raw
 protocol does ~47k round trips/s where an anyio stream does 6-8k.)
 
-A :class:`BusyPoller` keeps the loop polling, rather than sleeping, for a moment after each
-read and write (see there).
+A :class:`BusyPoller` keeps the loop polling, rather than sleeping, while messages flow (see
+there).
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ class Transport:
     link still open and waits (at most a few seconds) until all sockets are closed and all
     tasks have ended. ``streams=True`` uses the anyio-stream backend even on asyncio (for
     comparisons and tests; it is slower). ``busy_poll`` (seconds; asyncio and uvloop) keeps
-    the loop polling that long after each read or write (:class:`._asyncio.BusyPoller`).
+    the loop polling, while messages flow, that long after each read or write
+    (:class:`._asyncio.BusyPoller`); 0 (the default here; a Node passes its own) is off.
     """
 
     __slots__ = (
